@@ -1,0 +1,7 @@
+"""Attributors: one class per method, all sharing the fit/score path of :class:`Attributor`."""
+
+from .base import Attributor
+from .gradient import GradCos, GradDot, TracIn
+from .trak import TRAK
+
+__all__ = ["Attributor", "GradCos", "GradDot", "TRAK", "TracIn"]
