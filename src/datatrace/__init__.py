@@ -1,0 +1,45 @@
+"""datatrace: training-data attribution for PyTorch models.
+
+Sign convention everywhere: a positive score means the training example is a proponent of the query (training on
+it lowers the query's loss-like measurement).
+"""
+
+from . import eval
+from ._version import __version__
+from .attributors import TRAK, Attributor, GradCos, GradDot, TracIn
+from .data import Data
+from .errors import (
+    DatatraceError,
+    DatatraceWarning,
+    InputError,
+    ModelModeError,
+    NonFiniteError,
+    NotFittedError,
+    StoreMismatchError,
+    UnknownOptionError,
+)
+from .scores import Scores
+from .task import ClassificationTask, RegressionTask, Task
+
+__all__ = [
+    "TRAK",
+    "Attributor",
+    "ClassificationTask",
+    "Data",
+    "DatatraceError",
+    "DatatraceWarning",
+    "GradCos",
+    "GradDot",
+    "InputError",
+    "ModelModeError",
+    "NonFiniteError",
+    "NotFittedError",
+    "RegressionTask",
+    "Scores",
+    "StoreMismatchError",
+    "Task",
+    "TracIn",
+    "UnknownOptionError",
+    "__version__",
+    "eval",
+]

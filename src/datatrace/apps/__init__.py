@@ -1,0 +1,1 @@
+"""Applications built on attribution scores: the demo and HTML reports."""
