@@ -74,3 +74,19 @@ def test_sign_exact_copy_of_query_is_a_top_proponent(cls, digits_copies):
     ranks = [(scores[q] > scores[q, c]).sum() for q, c in enumerate(copies)]
     assert max(ranks) < top_1_percent, ranks
     assert (scores[np.arange(len(copies)), copies] > 0).all()
+
+
+def test_self_influence_is_the_squared_loss_gradient_norm(setup):
+    model, task, train, query, g_train, _ = setup
+    attr = dt.GradDot(model, task, verbose=False).fit(train)
+    np.testing.assert_allclose(attr.self_influence(train), (g_train**2).sum(1).numpy(), rtol=1e-4)
+    g_other = for_loop_grads(model, task.loss, *query).double()  # examples outside the training set
+    np.testing.assert_allclose(attr.self_influence(query), (g_other**2).sum(1).numpy(), rtol=1e-4)
+
+
+def test_tracin_self_influence_sums_over_checkpoints(setup):
+    _, task, (x, y), _, _, _ = setup
+    checkpoints = [fit(mlp(seed=s), x, y, steps=20 * (s + 1)) for s in range(2)]
+    got = dt.TracIn(checkpoints, task, lrs=[0.1, 0.01], verbose=False).fit((x, y)).self_influence((x, y))
+    want = sum(lr * (for_loop_grads(m, task.loss, x, y) ** 2).sum(1) for lr, m in zip([0.1, 0.01], checkpoints))
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-4)

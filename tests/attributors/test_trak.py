@@ -148,3 +148,18 @@ def test_lds_floor_on_digits_logistic_regression():
     res = dt.eval.lds(dt.TRAK(models, bench.task, verbose=False).fit(train).score(query), gt)
     assert res.mean >= 0.80, str(res)
     assert res.ci[0] >= 0.75
+
+
+def test_self_influence_is_the_diagonal_with_the_loss_on_both_sides(lr_setup):
+    model, (x, y), query = lr_setup
+    task = dt.ClassificationTask(measurement="margin")  # self-influence uses the loss regardless
+    attr = dt.TRAK(model, task, proj_dim=None, verbose=False).fit((x, y))
+    loss_task = dt.ClassificationTask()
+    for data in ((x, y), query):  # the training set (stored features) and other examples (computed in memory)
+        phi = for_loop_grads(model, loss_task.output, *data).double()
+        gamma = -for_loop_grads(model, loss_task.loss, *data).double()
+        train_phi = for_loop_grads(model, loss_task.output, x, y).double()
+        kernel = train_phi.T @ train_phi + attr.ridge_abs_[0] * torch.eye(phi.shape[1], dtype=torch.float64)
+        q = loss_task.output_to_loss(model, data).detach().double()
+        want = ((gamma @ torch.linalg.inv(kernel)) * phi).sum(1) * q
+        np.testing.assert_allclose(attr.self_influence(data), want.numpy(), rtol=1e-3)

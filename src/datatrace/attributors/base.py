@@ -8,9 +8,11 @@ memory and returns lazy :class:`~datatrace.scores.Scores`. A subclass supplies o
 
 - ``_train_arrays()``: the per-example arrays it stores, ``{name: (row_shape, dtype)}``;
 - ``_train_batch(model, batch, offset)``: those arrays for one batch;
-- ``_query_batch(model, batch, offset)``: query features for one batch;
+- ``_query_batch(model, batch, offset, fn)``: query features for one batch, from the gradient of the per-example
+  function ``fn`` (the task's measurement when scoring, its loss for self-influence);
 - ``_finalize()``: optional work once all training features exist (e.g. a kernel inverse);
-- ``_scores(query_features)``: the :class:`Scores` from one query-feature matrix per model.
+- ``_scores(query_features, train)``: the :class:`Scores` from one query-feature matrix per model against one
+  mapping of training arrays per model (the stores, or in-memory arrays of other examples).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import inspect
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,7 @@ class Attributor:
         self.projector_ = self._make_projector(self.n_params_)
         self.feature_dim_ = self.projector_.out_dim if self.projector_ else self.n_params_
         self.n_train_ = len(data)
+        self.train_fingerprint_ = data.fingerprint()
         self.stores_ = [self._fit_store(i, model, data) for i, model in enumerate(self.models)]
         self._finalize()
         return self
@@ -119,11 +122,25 @@ class Attributor:
         """Scores of every query against every training example; positive = proponent."""
         self._check_fitted()
         data = as_data(query, "query")
-        feats = []
-        for model in self.models:
-            parts = [self._query_batch(model, b, off) for off, b in self._batches(data, model, "query features")]
-            feats.append(torch.cat(parts).cpu())
-        return self._scores(feats)
+        return self._scores(self._query_features(data, self.task.measurement), self.stores_)
+
+    def self_influence(self, data: Sequence[Tensor] | torch.utils.data.Dataset | Data) -> np.ndarray:
+        """Each example's score against itself, with its training loss on the query side, shape ``(len(data),)``.
+
+        Uses the fitted method as is (e.g. the training set's kernel or Hessian); the examples need not be
+        training examples. High values flag examples the model finds hard to fit: outliers and mislabelled data.
+        """
+        self._check_fitted()
+        data = as_data(data, "data")
+        if data.fingerprint() == self.train_fingerprint_:
+            train = self.stores_
+        else:
+            train = [self._train_arrays_in_memory(model, data) for model in self.models]
+        scores = self._scores(self._query_features(data, self.task.loss), train)
+        chunk = scores.query_chunk
+        return np.concatenate(
+            [scores.block(slice(lo, lo + chunk), slice(lo, lo + chunk)).diagonal() for lo in range(0, len(data), chunk)]
+        )
 
     def get_params(self) -> dict[str, Any]:
         """Hyperparameters as passed to ``__init__`` (excluding the model and task)."""
@@ -152,6 +169,19 @@ class Attributor:
         if dim == "auto":
             dim = AUTO_PROJ_DIM if n_params > AUTO_PROJ_DIM else None
         return None if dim is None else RandomProjector(n_params, dim, kind=self.proj_kind, seed=self.seed)
+
+    def _query_features(self, data: Data, fn: Callable[[nn.Module, Batch], Tensor]) -> list[Tensor]:
+        """Query-side features of every example of ``data``, one ``(n, k)`` matrix per model."""
+        feats = []
+        for model in self.models:
+            parts = [self._query_batch(model, b, off, fn) for off, b in self._batches(data, model, "query features")]
+            feats.append(torch.cat(parts).cpu())
+        return feats
+
+    def _train_arrays_in_memory(self, model: nn.Module, data: Data) -> dict[str, np.ndarray]:
+        """Training-side arrays of ``data`` computed without a store (for examples outside the training set)."""
+        parts = [self._train_batch(model, b, off) for off, b in self._batches(data, model, "training features")]
+        return {k: torch.cat([p[k] for p in parts]).cpu().numpy() for k in parts[0]}
 
     def _batches(self, data: Data, model: nn.Module, what: str, start: int = 0, stop: int | None = None):
         stop = len(data) if stop is None else stop
@@ -212,13 +242,15 @@ class Attributor:
     def _train_batch(self, model: nn.Module, batch: Batch, offset: int) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def _query_batch(self, model: nn.Module, batch: Batch, offset: int) -> Tensor:
+    def _query_batch(
+        self, model: nn.Module, batch: Batch, offset: int, fn: Callable[[nn.Module, Batch], Tensor]
+    ) -> Tensor:
         raise NotImplementedError
 
     def _finalize(self) -> None:
         """Work needed once all training features are stored (default: nothing)."""
 
-    def _scores(self, query_features: list[Tensor]) -> Scores:
+    def _scores(self, query_features: list[Tensor], train: Sequence[Mapping[str, np.ndarray]]) -> Scores:
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -34,13 +34,11 @@ class GradDot(Attributor):
     def _train_batch(self, model: nn.Module, batch: Batch, offset: int) -> dict[str, Tensor]:
         return {"grad": self._gradient_features(model, self.task.loss, batch, offset)[0]}
 
-    def _query_batch(self, model: nn.Module, batch: Batch, offset: int) -> Tensor:
-        return self._gradient_features(model, self.task.measurement, batch, offset)[0]
+    def _query_batch(self, model: nn.Module, batch: Batch, offset: int, fn) -> Tensor:
+        return self._gradient_features(model, fn, batch, offset)[0]
 
-    def _scores(self, query_features: list[Tensor]) -> Scores:
-        factors = [
-            Factor(q, store["grad"], w) for q, store, w in zip(query_features, self.stores_, self._model_weights())
-        ]
+    def _scores(self, query_features: list[Tensor], train) -> Scores:
+        factors = [Factor(q, t["grad"], w) for q, t, w in zip(query_features, train, self._model_weights())]
         return Scores.from_factors(factors, metadata=self._metadata(normalisation="none (raw dot product)"))
 
 
@@ -55,12 +53,12 @@ class GradCos(GradDot):
     def _finalize(self) -> None:
         self.train_norms_ = [_row_norms(store["grad"]) for store in self.stores_]
 
-    def _scores(self, query_features: list[Tensor]) -> Scores:
-        weights = self._model_weights()
+    def _scores(self, query_features: list[Tensor], train) -> Scores:
+        norms = self.train_norms_ if train is self.stores_ else [_row_norms(t["grad"]) for t in train]
         factors = []
-        for q, store, norms, w in zip(query_features, self.stores_, self.train_norms_, weights):
+        for q, t, norm, w in zip(query_features, train, norms, self._model_weights()):
             q_unit = q / q.norm(dim=1, keepdim=True).clamp_min(1e-30)
-            factors.append(Factor(q_unit, store["grad"], w, col_scale=_safe_inverse(norms)))
+            factors.append(Factor(q_unit, t["grad"], w, col_scale=_safe_inverse(norm)))
         return Scores.from_factors(factors, metadata=self._metadata(normalisation="cosine (unit-norm gradients)"))
 
 

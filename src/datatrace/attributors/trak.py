@@ -66,8 +66,8 @@ class TRAK(Attributor):
             )
         return {"phi": phi, "q": q}
 
-    def _query_batch(self, model: nn.Module, batch: Batch, offset: int) -> Tensor:
-        return -self._gradient_features(model, self.task.measurement, batch, offset)[0]
+    def _query_batch(self, model: nn.Module, batch: Batch, offset: int, fn) -> Tensor:
+        return -self._gradient_features(model, fn, batch, offset)[0]
 
     def _finalize(self) -> None:
         k, n = self.feature_dim_, self.n_train_
@@ -92,17 +92,17 @@ class TRAK(Attributor):
                 )
             self.kernel_chol_.append(chol)
             self.ridge_abs_.append(lam)
-        self.q_mean_ = np.mean([np.asarray(store["q"]) for store in self.stores_], axis=0).astype(np.float32)
 
-    def _scores(self, query_features: list[Tensor]) -> Scores:
+    def _scores(self, query_features: list[Tensor], train) -> Scores:
         weight = 1.0 / len(self.models)
         factors = []
-        for gamma, chol, store in zip(query_features, self.kernel_chol_, self.stores_):
+        for gamma, chol, t in zip(query_features, self.kernel_chol_, train):
             a = torch.cholesky_solve(gamma.double().T, chol).T.float()  # γᵀ (K + λI)⁻¹
-            factors.append(Factor(a, store["phi"], weight))
+            factors.append(Factor(a, t["phi"], weight))
+        q_mean = np.mean([np.asarray(t["q"]) for t in train], axis=0).astype(np.float32)
         meta = self._metadata(
             ridge_abs=self.ridge_abs_,
             proj_dim_used=self.feature_dim_,
             normalisation="kernel ΦᵀΦ summed over training examples (scores scale as 1/n); mean over models",
         )
-        return Scores.from_factors(factors, col_scale=self.q_mean_, metadata=meta)
+        return Scores.from_factors(factors, col_scale=q_mean, metadata=meta)
