@@ -187,7 +187,9 @@ def test_lds_floor_on_digits_logistic_regression():
     train, query = bench.data()
     model = bench.model()
     for solver in ("explicit", "cg"):
-        res = dt.eval.lds(dt.InfluenceFunction(model, bench.task, solver=solver, verbose=False).fit(train).score(query), gt)
+        res = dt.eval.lds(
+            dt.InfluenceFunction(model, bench.task, solver=solver, verbose=False).fit(train).score(query), gt
+        )
         assert res.mean >= 0.92, (solver, str(res))
         assert res.ci[0] >= 0.90, (solver, str(res))
 

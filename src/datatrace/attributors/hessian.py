@@ -75,7 +75,7 @@ class OutputSplit:
         return self.task.loss(_Fixed(z), self.batch)
 
     def output_hessian_factors(self, z: Tensor) -> Tensor:
-        """``(B, O, O)`` factors L_i with L_i L_iᵀ = Λ_i = ∇²_z L_i (negative curvature clipped to 0), O = z[i].numel()."""
+        """``(B, O, O)`` factors L_i with L_i L_iᵀ = Λ_i = ∇²_z L_i, O = z[i].numel() (negative curvature clipped)."""
         task = self.task
 
         def one(z_i: Tensor, example: Batch) -> Tensor:
@@ -164,7 +164,9 @@ class HessianOperator:
         """``Σ_{i ∈ batch} V ∇²L_i`` (or its Gauss–Newton part), one row per vector."""
         product = self._gn_product(batch) if self.kind == "gn" else self._exact_product(batch)
         chunk = max(1, PAIRS_PER_CALL // len(batch[0]))
-        parts = [self._flat(vmap(product)(self._unflat(vectors[lo : lo + chunk]))) for lo in range(0, len(vectors), chunk)]
+        parts = [
+            self._flat(vmap(product)(self._unflat(vectors[lo : lo + chunk]))) for lo in range(0, len(vectors), chunk)
+        ]
         out = torch.cat(parts)
         if not torch.isfinite(out).all():
             raise NonFiniteError(

@@ -23,8 +23,16 @@ from ..errors import InputError, check_choice
 from ..grads import num_parameters, per_example_gradients, select_parameters
 from ..scores import Factor, Scores
 from .base import Attributor, Batch
-from .hessian import HessianOperator, SolveInfo, arnoldi, conjugate_gradient, estimate_trace, hessian_matrix, lissa
-from .hessian import top_eigenvalue
+from .hessian import (
+    HessianOperator,
+    SolveInfo,
+    arnoldi,
+    conjugate_gradient,
+    estimate_trace,
+    hessian_matrix,
+    lissa,
+    top_eigenvalue,
+)
 from .kfac import KroneckerFactors, fit_factors, kronecker_layers
 
 SOLVERS = ("explicit", "cg", "lissa", "arnoldi", "kfac", "ekfac")

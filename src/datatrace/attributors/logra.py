@@ -184,4 +184,3 @@ class LoGra(Attributor):
             "≈ change of the query measurement when example i is removed; mean over models",
         )
         return Scores.from_factors(factors, metadata=meta)
-
