@@ -42,7 +42,7 @@ def test_features_are_the_kronecker_projection_of_per_example_gradients(trained)
     task = dt.ClassificationTask()
     attr = dt.LoGra(model, task, rank=3, precondition="identity", seed=4, verbose=False).fit(train)
     proj = attr.projector_
-    stored = torch.from_numpy(np.asarray(attr.stores_[0]["grad"]))
+    stored = torch.from_numpy(np.array(attr.stores_[0]["grad"]))
     grads = for_loop_grads(model, task.loss, *train)
     params = dict(model.named_parameters())
     col = offset = 0

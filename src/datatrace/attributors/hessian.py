@@ -13,6 +13,7 @@ Solvers of ``(H + λI) X = B`` for many right-hand sides at once: :func:`hessian
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ Batch = tuple[Tensor, ...]
 PAIRS_PER_CALL = 2**14
 #: Rademacher probes of the Hutchinson estimate of trace(H), which scales the default damping.
 TRACE_PROBES = 64
+#: Vectors per block of the block Arnoldi iteration (one batched Hessian-vector product each).
+ARNOLDI_BLOCK = 32
 #: Bytes of identity columns multiplied by H at once when building the explicit Hessian.
 EXPLICIT_COLUMN_BYTES = 2**26
 
@@ -354,28 +357,39 @@ def _relative_residual(op: HessianOperator, x: Tensor, b: Tensor, damping: float
 
 
 def arnoldi(op: HessianOperator, rank: int, seed: int) -> tuple[Tensor, Tensor]:
-    """Top-``rank`` eigenpairs of H from a Krylov space (Arnoldi with full orthogonalisation; Lanczos as H = Hᵀ).
+    """Top-``rank`` eigenpairs of H from a block Krylov space (block Arnoldi with full orthogonalisation; as H = Hᵀ
+    this is block Lanczos).
 
-    Builds an orthonormal basis V of ``min(P, 2·rank)`` Krylov vectors from a seeded random start (restarting with a
-    fresh orthogonal vector if the space becomes invariant), forms T = VᵀHV and returns its top Ritz pairs. With
-    ``rank ≥ P`` the basis is complete and the decomposition exact.
+    Builds an orthonormal basis V of ``min(P, 2·rank)`` vectors spanning [Ω, HΩ, H²Ω, …] for a seeded random block Ω
+    of ``ARNOLDI_BLOCK`` vectors — one batched Hessian-vector product per block; if the space becomes invariant, it
+    continues from fresh random vectors — forms T = VᵀHV and returns its top Ritz pairs. With ``rank ≥ P`` the basis
+    is complete and the decomposition exact.
 
     Returns:
         ``(eigenvalues (r,), eigenvectors (P, r))``, float64, largest eigenvalue first.
     """
-    steps = min(op.dim, 2 * rank)
+    size = min(op.dim, 2 * rank)
+    width = min(ARNOLDI_BLOCK, size)
     gen = torch.Generator().manual_seed(derive_seed(seed, "arnoldi"))
-    basis = torch.zeros(steps, op.dim, dtype=torch.float64)
-    projected = torch.zeros(steps, steps, dtype=torch.float64)
-    v = torch.randn(op.dim, generator=gen, dtype=torch.float64)
-    for j in track(range(steps), "Arnoldi", steps, op.verbose):
-        v = _orthonormalise(v, basis[:j])
-        while v is None:  # invariant subspace: restart with a random vector orthogonal to it
-            v = _orthonormalise(torch.randn(op.dim, generator=gen, dtype=torch.float64), basis[:j])
-        basis[j] = v
-        v = op.matvec(v[None])[0]
-        projected[: j + 1, j] = basis[: j + 1] @ v
-        projected[j, :j] = projected[:j, j]
+    basis = torch.zeros(size, op.dim, dtype=torch.float64)
+    projected = torch.zeros(size, size, dtype=torch.float64)
+    block = torch.randn(width, op.dim, generator=gen, dtype=torch.float64)
+    dim = 0
+    for _ in track(itertools.count(), "Arnoldi", -(-size // width), op.verbose):
+        if dim == size:
+            break
+        start = dim
+        for v in block:
+            v = _orthonormalise(v, basis[:dim])
+            if v is not None and dim < size:
+                basis[dim] = v
+                dim += 1
+        if dim == start:  # invariant subspace: continue from fresh random vectors
+            block = torch.randn(width, op.dim, generator=gen, dtype=torch.float64)
+            continue
+        block = op.matvec(basis[start:dim])
+        projected[:dim, start:dim] = basis[:dim] @ block.T
+        projected[start:dim, :start] = projected[:start, start:dim].T
     values, vectors = torch.linalg.eigh(projected)
     top = torch.argsort(values, descending=True)[:rank]
     return values[top], basis.T @ vectors[:, top]

@@ -37,14 +37,14 @@ from .kfac import KroneckerFactors, fit_factors, kronecker_layers
 
 SOLVERS = ("explicit", "cg", "lissa", "arnoldi", "kfac", "ekfac")
 HESSIANS = ("gn", "exact")
-#: Default relative damping per solver, λ = damping · trace(H)/P (chosen by benchmarks/influence_sweep.py: within
+#: Default relative damping per solver, λ = damping · trace(H)/P (chosen by benchmarks/influence_lds.py: within
 #: 0.05 LDS of the best swept value on digits-logreg and digits-mlp for every solver).
 DEFAULT_DAMPING = {"explicit": 0.5, "cg": 0.5, "lissa": 0.5, "arnoldi": 0.5, "kfac": 0.1, "ekfac": 0.1}
 #: The explicit solver refuses Hessians larger than this (float64, P × P).
 MAX_EXPLICIT_BYTES = 4 * 2**30
 #: LiSSA's automatic scale: this factor times the largest eigenvalue of H + λI. Above 1 it keeps minibatch Hessians
 #: (whose top eigenvalue exceeds H's) stable and damps the minibatch noise, at the price of slower convergence: on
-#: the digits benchmarks 3 gave 2–5x smaller errors than 1.5 in the same 5,000 steps (benchmarks/influence_sweep.py).
+#: the digits benchmarks 3 gave 2–5x smaller errors than 1.5 in the same 5,000 steps.
 LISSA_SCALE_SAFETY = 3.0
 
 
@@ -78,8 +78,9 @@ class InfluenceFunction(Attributor):
         damping_abs: an absolute λ that overrides ``damping`` (e.g. the L2 coefficient of the training objective,
             which makes H + λI its exact Hessian).
         hessian_samples: estimate H on this many training examples (seeded random sample) instead of all.
-        rank: eigenpairs kept by ``"arnoldi"``; the other eigenvalues of H are taken equal to the smallest kept one
-            (an upper bound, as they are smaller), so ``(H + λI)⁻¹`` stays full rank.
+        rank: eigenpairs kept by ``"arnoldi"`` (from a Krylov space of 2·``rank`` vectors, held in float64); the
+            other eigenvalues of H are taken equal to the smallest kept one (an upper bound, as they are smaller),
+            so ``(H + λI)⁻¹`` stays full rank.
         tol: relative residual ‖(H + λI)x − b‖/‖b‖ at which ``"cg"`` and ``"lissa"`` stop.
         max_iter: iteration cap of ``"cg"``.
         lissa_depth, lissa_repeats: steps per LiSSA run and runs averaged.
@@ -118,7 +119,7 @@ class InfluenceFunction(Attributor):
         damping: float | None = None,
         damping_abs: float | None = None,
         hessian_samples: int | None = None,
-        rank: int = 64,
+        rank: int = 128,
         tol: float = 1e-5,
         max_iter: int = 1000,
         lissa_depth: int = 5000,
