@@ -39,6 +39,7 @@ from datatrace.benchmarks import get
 
 
 def dattri_scores(model, train, query, solver: str, **options) -> np.ndarray:
+    """Scores (n_query × n_train) of dattri's influence attributor for ``solver`` with ``options``."""
     from dattri.algorithm.influence_function import (
         IFAttributorArnoldi,
         IFAttributorCG,
@@ -70,6 +71,7 @@ def dattri_scores(model, train, query, solver: str, **options) -> np.ndarray:
 
 
 def kronfluence_scores(model, train, query, strategy: str, damping: float | str | None) -> np.ndarray:
+    """Scores (n_query × n_train) of kronfluence's KFAC / EK-FAC; ``damping="default"`` keeps its default."""
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence.task import Task
@@ -107,110 +109,62 @@ def kronfluence_scores(model, train, query, strategy: str, damping: float | str 
         return analyzer.load_pairwise_scores("scores")["all_modules"].numpy()
 
 
-def runs(task, train, query, skip_slow: bool):
-    """``(solver, who, setting, run(model) -> scores)`` rows; datatrace's run of a solver comes first."""
-    ours = {}
+#: Stands for datatrace's absolute damping λ of the same solver (from its run just before).
+OURS = object()
+#: Per solver: ``(library, setting, options)`` of the peer runs; datatrace runs each solver at its defaults first.
+PEER_RUNS = {
+    "explicit": [
+        ("dattri", "defaults (regularization 0)", {}),
+        ("dattri", "datatrace's λ", {"regularization": OURS}),
+    ],
+    "cg": [
+        ("dattri", "defaults (max_iter 10, reg. 0)", {}),
+        ("dattri", "datatrace's λ, max_iter 10", {"regularization": OURS}),
+        ("dattri", "datatrace's λ, max_iter 200", {"regularization": OURS, "max_iter": 200}),
+    ],
+    "arnoldi": [
+        ("dattri", "defaults (proj_dim 100, reg. 0)", {}),
+        ("dattri", "datatrace's λ, proj_dim 128", {"regularization": OURS, "proj_dim": 128}),
+    ],
+    "ekfac": [
+        ("dattri", "defaults (damping 0)", {}),
+        ("dattri", "datatrace's λ", {"damping": OURS}),
+        ("kronfluence", "defaults (damping 1e-8)", {"damping": "default"}),
+        ("kronfluence", "heuristic damping (None)", {"damping": None}),
+        ("kronfluence", "datatrace's λ", {"damping": OURS}),
+    ],
+    "kfac": [
+        ("kronfluence", "defaults (damping 1e-8)", {"damping": "default"}),
+        ("kronfluence", "datatrace's λ", {"damping": OURS}),
+    ],
+    "lissa": [
+        ("dattri", "defaults (damping 0)", {}),
+        ("dattri", "datatrace's λ", {"damping": OURS}),
+    ],
+}
 
-    def datatrace(solver, **kw):
-        def run(model):
-            attr = dt.InfluenceFunction(model, task, solver=solver, verbose=False, **kw).fit(train)
-            ours[solver] = attr
+
+def runs(task, train, query, skip_slow: bool):
+    """``(solver, library, setting, run(model) -> scores)``; datatrace's run of each solver comes first."""
+    peers = {"dattri": dattri_scores, "kronfluence": kronfluence_scores}
+    for solver, rows in PEER_RUNS.items():
+        if solver == "lissa" and skip_slow:
+            continue
+        ours = []
+
+        def datatrace(model, solver=solver, ours=ours):
+            attr = dt.InfluenceFunction(model, task, solver=solver, verbose=False).fit(train)
+            ours.append(attr.damping_abs_[0])
             return attr.score(query)
 
-        return run
+        yield solver, "datatrace", "defaults", datatrace
+        for library, setting, options in rows:
 
-    def lam(solver):
-        return ours[solver].damping_abs_[0]
+            def peer(model, library=library, options=options, solver=solver, ours=ours):
+                resolved = {k: ours[0] if v is OURS else v for k, v in options.items()}
+                return peers[library](model, train, query, solver, **resolved)
 
-    rank = 128
-    yield "explicit", "datatrace", "defaults", datatrace("explicit")
-    yield (
-        "explicit",
-        "dattri",
-        "defaults (regularization 0)",
-        lambda model: dattri_scores(model, train, query, "explicit"),
-    )
-    yield (
-        "explicit",
-        "dattri",
-        "datatrace's λ",
-        lambda model: dattri_scores(model, train, query, "explicit", regularization=lam("explicit")),
-    )
-    yield "cg", "datatrace", "defaults", datatrace("cg")
-    yield "cg", "dattri", "defaults (max_iter 10, reg. 0)", lambda model: dattri_scores(model, train, query, "cg")
-    yield (
-        "cg",
-        "dattri",
-        "datatrace's λ, max_iter 10",
-        lambda model: dattri_scores(model, train, query, "cg", regularization=lam("cg")),
-    )
-    yield (
-        "cg",
-        "dattri",
-        "datatrace's λ, max_iter 200",
-        lambda model: dattri_scores(model, train, query, "cg", regularization=lam("cg"), max_iter=200),
-    )
-    yield "arnoldi", "datatrace", f"defaults (rank {rank})", datatrace("arnoldi", rank=rank)
-    yield (
-        "arnoldi",
-        "dattri",
-        "defaults (proj_dim 100, reg. 0)",
-        lambda model: dattri_scores(model, train, query, "arnoldi"),
-    )
-    yield (
-        "arnoldi",
-        "dattri",
-        f"datatrace's λ, proj_dim {rank}",
-        lambda model: dattri_scores(model, train, query, "arnoldi", regularization=lam("arnoldi"), proj_dim=rank),
-    )
-    yield "ekfac", "datatrace", "defaults", datatrace("ekfac")
-    yield "ekfac", "dattri", "defaults (damping 0)", lambda model: dattri_scores(model, train, query, "ekfac")
-    yield (
-        "ekfac",
-        "dattri",
-        "datatrace's λ",
-        lambda model: dattri_scores(model, train, query, "ekfac", damping=lam("ekfac")),
-    )
-    yield (
-        "ekfac",
-        "kronfluence",
-        "defaults (damping 1e-8)",
-        lambda model: kronfluence_scores(model, train, query, "ekfac", "default"),
-    )
-    yield (
-        "ekfac",
-        "kronfluence",
-        "heuristic damping (None)",
-        lambda model: kronfluence_scores(model, train, query, "ekfac", None),
-    )
-    yield (
-        "ekfac",
-        "kronfluence",
-        "datatrace's λ",
-        lambda model: kronfluence_scores(model, train, query, "ekfac", lam("ekfac")),
-    )
-    yield "kfac", "datatrace", "defaults", datatrace("kfac")
-    yield (
-        "kfac",
-        "kronfluence",
-        "defaults (damping 1e-8)",
-        lambda model: kronfluence_scores(model, train, query, "kfac", "default"),
-    )
-    yield (
-        "kfac",
-        "kronfluence",
-        "datatrace's λ",
-        lambda model: kronfluence_scores(model, train, query, "kfac", lam("kfac")),
-    )
-    if not skip_slow:
-        yield "lissa", "datatrace", "defaults", datatrace("lissa")
-        yield "lissa", "dattri", "defaults (damping 0)", lambda model: dattri_scores(model, train, query, "lissa")
-        yield (
-            "lissa",
-            "dattri",
-            "datatrace's λ",
-            lambda model: dattri_scores(model, train, query, "lissa", damping=lam("lissa")),
-        )
+            yield solver, library, setting, peer
 
 
 def main() -> None:

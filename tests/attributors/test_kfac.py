@@ -168,3 +168,12 @@ def test_conv_gradient_blocks_match_autograd():
         F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
         want = torch.cat([model.conv.weight.grad.reshape(4, -1), model.conv.bias.grad[:, None]], dim=1)
         torch.testing.assert_close(blocks[i], want, rtol=1e-4, atol=1e-6)
+
+
+def test_too_many_model_outputs_to_factor_exactly_is_a_clear_error(monkeypatch):
+    from datatrace.attributors import hessian
+
+    monkeypatch.setattr(hessian, "MAX_OUTPUT_DIM", 2)
+    x, y = blobs(20)
+    with pytest.raises(dt.InputError, match=r"3 outputs per example \(limit 2\).*solver='cg'"):
+        dt.InfluenceFunction(fit(mlp(), x, y), dt.ClassificationTask(), solver="ekfac", verbose=False).fit((x, y))

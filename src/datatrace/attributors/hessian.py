@@ -37,6 +37,8 @@ PAIRS_PER_CALL = 2**14
 TRACE_PROBES = 64
 #: Vectors per block of the block Arnoldi iteration (one batched Hessian-vector product each).
 ARNOLDI_BLOCK = 32
+#: Largest model output per example (O) whose loss Hessian Λ (O × O) KFAC/EK-FAC factor exactly.
+MAX_OUTPUT_DIM = 1024
 #: Bytes of identity columns multiplied by H at once when building the explicit Hessian.
 EXPLICIT_COLUMN_BYTES = 2**26
 
@@ -78,21 +80,25 @@ class OutputSplit:
         return self.task.loss(_Fixed(z), self.batch)
 
     def output_hessian_factors(self, z: Tensor) -> Tensor:
-        """``(B, O, O)`` factors L_i with L_i L_iᵀ = Λ_i = ∇²_z L_i, O = z[i].numel() (negative curvature clipped)."""
+        """``(B, O, O)`` factors L_i with L_i L_iᵀ = Λ_i = ∇²_z L_i, O = z[i].numel() (negative curvature clipped).
+
+        Raises:
+            InputError: if O exceeds ``MAX_OUTPUT_DIM`` (each column of L_i costs one backward pass downstream).
+        """
+        size = z[0].numel()
+        if size > MAX_OUTPUT_DIM:
+            raise InputError(
+                f"KFAC/EK-FAC factor the Gauss–Newton Hessian exactly, with one backward pass per model output; this "
+                f"model has {size:,} outputs per example (limit {MAX_OUTPUT_DIM:,}). Use solver='cg' or 'arnoldi', "
+                "or LoGra with precondition='identity'."
+            )
         task = self.task
 
-        def one(z_i: Tensor, example: Batch) -> Tensor:
-            return task.loss(_Fixed(z_i.unsqueeze(0)), tuple(t.unsqueeze(0) for t in example)).sum()
+        def loss_one(flat: Tensor, example: Batch) -> Tensor:
+            z_i = flat.reshape(z.shape[1:]).unsqueeze(0)
+            return task.loss(_Fixed(z_i), tuple(t.unsqueeze(0) for t in example)).sum()
 
-        def hess_one(z_i: Tensor, example: Batch) -> Tensor:
-            flat = z_i.reshape(-1)
-
-            def of_flat(f: Tensor) -> Tensor:
-                return one(f.reshape(z_i.shape), example)
-
-            return torch.func.jacfwd(torch.func.grad(of_flat))(flat)
-
-        lam = vmap(hess_one)(z.detach(), self.batch)
+        lam = vmap(torch.func.hessian(loss_one))(z.detach().reshape(len(z), -1), self.batch)
         eigval, eigvec = torch.linalg.eigh(lam.double())
         return (eigvec * eigval.clamp_min(0).sqrt().unsqueeze(1)).to(z.dtype)
 

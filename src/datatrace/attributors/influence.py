@@ -36,6 +36,7 @@ from .hessian import (
 from .kfac import KroneckerFactors, fit_factors, kronecker_layers
 
 SOLVERS = ("explicit", "cg", "lissa", "arnoldi", "kfac", "ekfac")
+KRONECKER = ("kfac", "ekfac")
 HESSIANS = ("gn", "exact")
 #: Default relative damping per solver, λ = damping · trace(H)/P (chosen by benchmarks/influence_lds.py: within
 #: 0.05 LDS of the best swept value on digits-logreg and digits-mlp for every solver).
@@ -132,7 +133,7 @@ class InfluenceFunction(Attributor):
         super().__init__(model, task, batch_size=batch_size, **kwargs)
         self.solver = check_choice("solver", solver, SOLVERS)
         self.hessian = check_choice("hessian", hessian, HESSIANS)
-        if solver in ("kfac", "ekfac") and hessian != "gn":
+        if solver in KRONECKER and hessian != "gn":
             raise InputError(f"solver={solver!r} approximates the Gauss–Newton Hessian; use hessian='gn'.")
         check_damping(damping, damping_abs)
         self.damping = damping
@@ -158,7 +159,7 @@ class InfluenceFunction(Attributor):
         names = select_parameters(self.models[0], self.params)
         if self.solver == "explicit":
             check_explicit_size(num_parameters(self.models[0], names))
-        if self.solver in ("kfac", "ekfac"):
+        if self.solver in KRONECKER:
             kronecker_layers(self.models[0], names, self.solver)
         self.hessian_data_ = hessian_sample(data, self.hessian_samples, self.seed)
         return super().fit(data)
@@ -177,7 +178,7 @@ class InfluenceFunction(Attributor):
     def _finalize(self) -> None:
         self.inverse_hessians_, self.damping_abs_, self.mean_eigenvalue_ = [], [], []
         for i, model in enumerate(self.models):
-            if self.solver in ("kfac", "ekfac"):
+            if self.solver in KRONECKER:
                 layers = kronecker_layers(model, self.param_names_, self.solver)
                 cache = None if self.cache_dir is None else f"{self.cache_dir}/{self.method}-{self.solver}-member{i}"
                 factors = fit_factors(
@@ -185,38 +186,41 @@ class InfluenceFunction(Attributor):
                     cache_dir=cache, verbose=self.verbose,
                 )  # fmt: skip
                 mean_eigenvalue = factors.trace / factors.dim
+                lam = self._absolute_damping(mean_eigenvalue)
+                inverse = KroneckerInverse(factors, layers, self.param_names_, model, lam)
             else:
                 op = HessianOperator(
                     model, self.task, self.hessian_data_, self.param_names_, self.hessian, self.batch_size, self.verbose
                 )
                 mean_eigenvalue = estimate_trace(op, self.seed) / op.dim
-            lam = self.damping_abs if self.damping_abs is not None else self.damping_relative * mean_eigenvalue
-            if not lam > 0:
-                raise InputError(
-                    f"The Hessian of the mean training loss has trace {mean_eigenvalue:.3g}·P, so the relative damping "
-                    f"gives λ = {lam:.3g}; pass damping_abs > 0."
-                )
-            if self.solver in ("kfac", "ekfac"):
-                inverse = KroneckerInverse(factors, layers, self.param_names_, model, lam)
-            else:
-                inverse = self._hvp_inverse(op, lam, self.seed)
+                lam = self._absolute_damping(mean_eigenvalue)
+                inverse = self._hvp_inverse(op, lam)
             self.inverse_hessians_.append(inverse)
             self.damping_abs_.append(lam)
             self.mean_eigenvalue_.append(mean_eigenvalue)
 
-    def _hvp_inverse(self, op: HessianOperator, lam: float, seed: int):
+    def _absolute_damping(self, mean_eigenvalue: float) -> float:
+        lam = self.damping_abs if self.damping_abs is not None else self.damping_relative * mean_eigenvalue
+        if not lam > 0:
+            raise InputError(
+                f"The Hessian of the mean training loss has mean eigenvalue {mean_eigenvalue:.3g}, so the relative "
+                f"damping gives λ = {lam:.3g}; pass damping_abs > 0."
+            )
+        return lam
+
+    def _hvp_inverse(self, op: HessianOperator, lam: float):
         if self.solver == "explicit":
             return ExplicitInverse(hessian_matrix(op), lam)
         if self.solver == "arnoldi":
-            values, vectors = arnoldi(op, self.rank, seed)
+            values, vectors = arnoldi(op, self.rank, self.seed)
             return ArnoldiInverse(values, vectors, lam)
         if self.solver == "cg":
             return CGInverse(op, lam, self.tol, self.max_iter)
         scale = self.lissa_scale
         if scale == "auto":
-            scale = LISSA_SCALE_SAFETY * (top_eigenvalue(op, seed) + lam)
+            scale = LISSA_SCALE_SAFETY * (top_eigenvalue(op, self.seed) + lam)
         return LissaInverse(
-            op, lam, float(scale), self.lissa_depth, self.lissa_repeats, self.lissa_batch_size, self.tol, seed
+            op, lam, float(scale), self.lissa_depth, self.lissa_repeats, self.lissa_batch_size, self.tol, self.seed
         )
 
     @property
