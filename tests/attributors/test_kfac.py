@@ -177,3 +177,27 @@ def test_too_many_model_outputs_to_factor_exactly_is_a_clear_error(monkeypatch):
     x, y = blobs(20)
     with pytest.raises(dt.InputError, match=r"3 outputs per example \(limit 2\).*solver='cg'"):
         dt.InfluenceFunction(fit(mlp(), x, y), dt.ClassificationTask(), solver="ekfac", verbose=False).fit((x, y))
+
+
+def test_kfac_factors_of_a_convolution_equal_their_definition():
+    """A = mean over examples and positions of [patch, 1][patch, 1]ᵀ; S = (1/n) Σ_{i,t} J_itᵀ Λ_i J_it with J_it the
+    Jacobian of the logits w.r.t. the conv output at position t and Λ_i the loss Hessian w.r.t. the logits."""
+    x, y = images(12)
+    model = fit(TinyCNN(), x, y, steps=50)
+    layers = kronecker_layers(model, select_parameters(model), "kfac")
+    factors = fit_factors(model, dt.ClassificationTask(), dt.Data((x, y)), layers, "kfac", 5, verbose=False)
+    patches = F.unfold(x, 3).transpose(1, 2).double()  # (n, 16 positions, 9)
+    patches = torch.cat([patches, torch.ones_like(patches[..., :1])], dim=-1)
+    a = torch.einsum("nti,ntj->ij", patches, patches) / (12 * 16)
+    conv_out = model.conv(x).detach()
+
+    def logits(s):  # one example's conv output (4, 4, 4) → logits (3,)
+        return model.fc(F.relu(s).flatten())
+
+    jac = torch.func.vmap(torch.func.jacrev(logits))(conv_out).double().reshape(12, 3, 4, 16)  # (n, O, out, t)
+    p = torch.softmax(model(x).detach().double(), -1)
+    lam = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    s = torch.einsum("ncot,ncd,ndpt->op", jac, lam, jac) / 12
+    want = torch.outer(torch.linalg.eigvalsh(s), torch.linalg.eigvalsh(a)).flatten().sort().values
+    got = factors.eigenvalues["conv"].flatten().sort().values
+    torch.testing.assert_close(got, want.clamp_min(0), rtol=1e-4, atol=1e-9)

@@ -98,8 +98,9 @@ class OutputSplit:
             z_i = flat.reshape(z.shape[1:]).unsqueeze(0)
             return task.loss(_Fixed(z_i), tuple(t.unsqueeze(0) for t in example)).sum()
 
-        lam = vmap(torch.func.hessian(loss_one))(z.detach().reshape(len(z), -1), self.batch)
-        eigval, eigvec = torch.linalg.eigh(lam.double())
+        # float64: for confident predictions Λ = diag(p) − ppᵀ cancels to ~1e-5 and float32 would lose 1% of it.
+        lam = vmap(torch.func.hessian(loss_one))(z.detach().double().reshape(len(z), -1), self.batch)
+        eigval, eigvec = torch.linalg.eigh(lam)
         return (eigvec * eigval.clamp_min(0).sqrt().unsqueeze(1)).to(z.dtype)
 
 

@@ -251,18 +251,19 @@ def fit_factors(
 
 
 def _compute(statistics, layers: Sequence[KroneckerLayer], kind: str, n: int) -> dict[str, Tensor]:
+    """The factor arrays: covariances in one pass, their eigendecompositions, EK-FAC's correction in a second."""
     cov_in: dict[str, Tensor] = {}
     cov_out: dict[str, Tensor] = {}
-    positions = 0
+    positions: dict[str, int] = {}
     for stats in statistics(f"{kind}: covariances"):
         for name, (a, d) in stats.items():
             cov_in[name] = cov_in.get(name, 0) + torch.einsum("bti,btj->ij", a, a)
             cov_out[name] = cov_out.get(name, 0) + torch.einsum("bcto,bctp->op", d, d)
-            positions = a.shape[1]
+            positions[name] = a.shape[1]
     out = {}
     for layer in layers:
         name = layer.name
-        a_val, a_vec = torch.linalg.eigh(cov_in[name] / (n * positions))
+        a_val, a_vec = torch.linalg.eigh(cov_in[name] / (n * positions[name]))
         s_val, s_vec = torch.linalg.eigh(cov_out[name] / n)
         out |= {f"{name}.q_in": a_vec, f"{name}.q_out": s_vec}
         out[f"{name}.eigenvalues"] = torch.outer(s_val.clamp_min(0), a_val.clamp_min(0))
