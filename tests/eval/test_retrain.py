@@ -25,7 +25,7 @@ def test_ground_truth_matches_manual_retraining_and_is_cached(tmp_path):
     gt = subset_retraining(train_fn, train, query, task, n_subsets=3, seed=0, cache_dir=tmp_path, verbose=False)
     assert gt.masks.shape == (3, 30) and gt.measurements.shape == (3, 4)
     s = 1
-    model = train_fn(dt.Data(train).subset(np.flatnonzero(gt.masks[s])), int(gt.seeds[s]))
+    model = train_fn(dt.Data(train).subset(np.flatnonzero(gt.masks[s])), int(gt.seeds[s, 0]))
     with torch.no_grad():
         np.testing.assert_allclose(gt.measurements[s], task.measurement(model, query).numpy(), rtol=1e-6)
 
