@@ -303,7 +303,7 @@ def noise_ceiling(
     n_seeds = runs.shape[1]
     pairs = [correlate_columns(runs[:, a], runs[:, b], correlation) for a, b in combinations(range(n_seeds), 2)]
     rho = np.mean(pairs, axis=0)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):
         ceiling = np.sqrt(np.clip(n_seeds * rho / (1 + (n_seeds - 1) * rho), 0, None))
     ceiling[rho <= 0] = 0.0
     defined = np.isfinite(ceiling)
