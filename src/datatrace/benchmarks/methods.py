@@ -90,8 +90,12 @@ class Method:
     build: Build
     requires: tuple[str, ...] = ()
 
+    def missing(self, bench: Benchmark) -> list[str]:
+        """The required benchmark attributes that ``bench`` does not provide."""
+        return [r for r in self.requires if getattr(bench, r) is None]
+
     def check_available(self, bench: Benchmark) -> None:
-        missing = [r for r in self.requires if getattr(bench, r) is None]
+        missing = self.missing(bench)
         if missing:
             raise InputError(
                 f"Method {self.name!r} needs {', '.join(missing)}, which benchmark {bench.name} does not provide; "

@@ -71,10 +71,12 @@ def fit_adam_minibatch(
 ) -> list[nn.Module]:
     """Minibatch Adam on cross-entropy for ``epochs`` epochs in the order of :func:`~datatrace.eval.data_order`.
 
-    Returns a copy of the model after every ``epochs / n_checkpoints`` epochs (the last is the final model).
+    Returns ``n_checkpoints`` (≤ ``epochs``) copies of the model at evenly spaced epoch ends; the last is the final
+    model.
     """
     x, y = data.tensors()
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    keep = {round(epochs * (c + 1) / n_checkpoints) for c in range(n_checkpoints)}
     checkpoints = []
     for epoch in range(epochs):
         order = torch.from_numpy(data_order(data, seed, epoch))
@@ -84,7 +86,7 @@ def fit_adam_minibatch(
             opt.zero_grad()
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
-        if (epoch + 1) * n_checkpoints % epochs == 0:
+        if epoch + 1 in keep:
             checkpoints.append(copy.deepcopy(model).eval())
     model.eval()
     return checkpoints
