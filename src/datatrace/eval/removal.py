@@ -24,7 +24,7 @@ from ..data import Data, as_data
 from ..errors import InputError
 from ..task import Task
 from .metrics import ScoresLike, as_scores, bootstrap_ci, query_rows
-from .retrain import TrainFn, _job_meta, check_subset_size, retrain_runs
+from .retrain import TrainFn, _job_meta, check_subset_size, common_seed, retrain_runs
 
 
 @dataclass
@@ -119,7 +119,7 @@ def removal_curve(
     masks = np.ones((1 + len(removals), n), dtype=bool)
     for row, (_, _, _, removed) in enumerate(removals, start=1):
         masks[row, removed] = False
-    train_seed = derive_seed(seed, "train-run", "common", 0) % 2**31
+    train_seed = common_seed(seed)
     meta = {
         "kind": "removal_curve",
         "ks": ks.tolist(),

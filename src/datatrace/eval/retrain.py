@@ -126,6 +126,11 @@ def run_seeds(n_subsets: int, seeds_per_subset: int, seed: int, common_random_nu
     )
 
 
+def common_seed(seed: int) -> int:
+    """The one training seed of leave-out experiments (LOO, removal): run 0 of common random numbers."""
+    return int(run_seeds(1, 1, seed, common_random_numbers=True)[0, 0])
+
+
 def data_order(data: Data, seed: int, epoch: int = 0) -> np.ndarray:
     """Positions of ``data``'s examples sorted by a seeded random key of their position in the full training set.
 
@@ -412,12 +417,19 @@ def _local_runs(job: _Job, todo: list[int], workers: int, max_retries: int) -> I
         for _ in range(min(workers, len(todo))):
             spawn()
         while pending or any(run is not None for _, run in slots.values()):
-            for conn, slot in slots.items():
+            for conn, slot in list(slots.items()):
                 if slot[1] is None and pending:
+                    try:
+                        conn.send(pending[0])
+                    except OSError:  # an idle worker is gone: replace it (its next run was never started)
+                        del slots[conn]
+                        spawn()
+                        continue
                     slot[1] = pending.popleft()
                     attempts[slot[1]] += 1
-                    conn.send(slot[1])
             busy = [conn for conn, (_, run) in slots.items() if run is not None]
+            if not busy:
+                continue
             ready = set(wait(busy + [slots[conn][0].sentinel for conn in busy]))
             for conn in busy:
                 process, run = slots[conn]
