@@ -282,15 +282,22 @@ def lds(
     return LDS(gt, correlation, n_bootstrap=n_bootstrap, level=level, seed=seed).update_all(scores).compute()
 
 
+#: Rank correlation ↔ Pearson correlation of a bivariate normal pair (Pearson 1907; Greiner 1909).
+TO_PEARSON = {"spearman": lambda rho: 2 * np.sin(np.pi * rho / 6), "kendall": lambda tau: np.sin(np.pi * tau / 2)}
+FROM_PEARSON = {"spearman": lambda r: 6 / np.pi * np.arcsin(r / 2), "kendall": lambda r: 2 / np.pi * np.arcsin(r)}
+
+
 def noise_ceiling(
     gt: GroundTruth, correlation: str = "spearman", n_bootstrap: int = 1000, level: float = 0.95, seed: int = 0
 ) -> NoiseCeiling:
     """How high any attributor's LDS against ``gt`` can be expected to go, given retraining noise.
 
-    With R seeds per subset, ρ_q is the correlation over subsets between the measurements of two seeds, averaged
-    over the R(R−1)/2 pairs. If each run measures m_r(S) = μ(S) + ε_r (seed noise independent of the data), the best
-    possible predictor μ(S) correlates with the R-seed mean that the ground truth records as
-    ``sqrt(R·ρ_q / (1 + (R−1)·ρ_q))`` (Spearman–Brown); that is the ceiling of query q (0 when ρ_q ≤ 0).
+    With R seeds per subset, ρ_q is the rank correlation over subsets between the measurements of two seeds,
+    averaged over the R(R−1)/2 pairs. If each run measures m_r(S) = μ(S) + ε_r (seed noise independent of the
+    data), the best possible predictor μ(S) correlates with the R-seed mean that the ground truth records as
+    ``sqrt(R·r / (1 + (R−1)·r))`` (Spearman–Brown), in terms of the Pearson correlation r between two seeds. The
+    rank correlations are converted to r and back with the bivariate-normal relations (r = 2 sin(πρ/6) for
+    Spearman, r = sin(πτ/2) for Kendall). A query whose seeds disagree (r ≤ 0) has ceiling 0.
 
     Args:
         gt: ground truth with ``seeds_per_subset ≥ 2``.
@@ -303,9 +310,10 @@ def noise_ceiling(
     n_seeds = runs.shape[1]
     pairs = [correlate_columns(runs[:, a], runs[:, b], correlation) for a, b in combinations(range(n_seeds), 2)]
     rho = np.mean(pairs, axis=0)
+    r = TO_PEARSON[correlation](rho)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ceiling = np.sqrt(np.clip(n_seeds * rho / (1 + (n_seeds - 1) * rho), 0, None))
-    ceiling[rho <= 0] = 0.0
+        best = np.sqrt(np.clip(n_seeds * r / (1 + (n_seeds - 1) * r), 0, None))
+    ceiling = np.where(r > 0, FROM_PEARSON[correlation](best), np.where(np.isnan(r), np.nan, 0.0))
     defined = np.isfinite(ceiling)
     return NoiseCeiling(
         mean=float(ceiling[defined].mean()) if defined.any() else float("nan"),

@@ -254,7 +254,7 @@ def check_subset_size(train: Data, task: Task, size: int, what: str) -> None:
         if size < n_classes:
             raise InputError(
                 f"{what} training examples gives subsets of {size} examples, fewer than the {n_classes} classes; "
-                "use a larger fraction."
+                "use larger subsets."
             )
 
 
