@@ -72,17 +72,22 @@ def test_intercept_absorbs_a_response_shared_by_all_subsets():
 
 
 def test_per_example_design_reduces_to_soft_thresholded_responses():
-    """K = n, d = 1: M is a permutation, so ŵ_j = soft(y_{k(j)} − ȳ, λ)."""
+    """K = n, d = 1: M is a permutation, so ŵ_j = soft(y_{k(j)} − b, λ) with the intercept b solving
+    Σ_k clip(y_k − b, −λ, λ) = 0 (found here by bisection)."""
     n = 50
     m = design(n, n, 1, seed=0)
     Y = np.random.default_rng(0).standard_normal((n, 2))
     W, info = recover(m, Y, alpha=0.3, tol=1e-9, verbose=False, return_info=True)
-    yc = (Y - Y.mean(0))[m.subsets[:, 0].astype(int)]
-    # ȳ-centring of the columns of M contributes (1/n)·Σw to every row: solve exactly via the KKT fixed point
-    want = np.sign(yc) * np.maximum(np.abs(yc) - info.lam, 0)
-    got = W.toarray()
-    assert np.array_equal(got != 0, want != 0)
-    np.testing.assert_allclose(got - got.mean(0), want - want.mean(0), atol=1e-4)
+    for q in range(Y.shape[1]):
+        y, lam = Y[:, q], info.lam[q]
+        lo, hi = y.min(), y.max()
+        for _ in range(200):
+            b = (lo + hi) / 2
+            lo, hi = (b, hi) if np.clip(y - b, -lam, lam).sum() > 0 else (lo, b)
+        mine = y[m.subsets[:, 0].astype(int)] - b
+        want = np.sign(mine) * np.maximum(np.abs(mine) - lam, 0)
+        np.testing.assert_allclose(W.toarray()[:, q], want, atol=1e-5)
+        assert info.intercept[q] == pytest.approx(b, abs=1e-5)
 
 
 def test_backprojection_is_each_examples_mean_response():
@@ -94,16 +99,22 @@ def test_backprojection_is_each_examples_mean_response():
 
 
 def test_heldout_selection_picks_alpha_without_any_attribution_ground_truth():
+    """The chosen alpha minimises the held-out prediction error, and its largest |ŵ| are the planted examples.
+
+    (Prediction-optimal λ is known to be smaller than the support-exact one, so small spurious coefficients are
+    expected; what matters for attribution is the ranking.)"""
     m, Y, W = planted(noise=0.05)
     got, info = recover(m, Y, alpha="heldout", verbose=False, return_info=True)
     assert info.heldout_error.shape == (Y.shape[1], len(info.heldout_alphas))
-    assert set(info.alpha) <= set(np.float32(info.heldout_alphas))
-    precision, recall = support_scores(got.toarray(), W)
-    assert recall >= 0.95 and precision >= 0.5
+    np.testing.assert_array_equal(info.alpha, np.asarray(info.heldout_alphas)[info.heldout_error.argmin(1)])
+    got = got.toarray()
+    for q in range(Y.shape[1]):
+        top = np.argsort(-np.abs(got[:, q]))[: (W[:, q] != 0).sum()]
+        assert set(top) == set(np.flatnonzero(W[:, q]))
 
 
 def test_same_seed_same_result():
-    m, Y, _ = planted(queries=3, noise=0.3)
+    m, Y, _ = planted(n=500, k=3, queries=2, noise=0.3)
     a = recover(m, Y, alpha="heldout", seed=4, verbose=False)
     b = recover(m, Y, alpha="heldout", seed=4, verbose=False)
     assert (a != b).nnz == 0
