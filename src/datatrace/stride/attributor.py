@@ -65,6 +65,7 @@ class STRIDE(Attributor):
     """
 
     method = "stride"
+    score_only_params = ("alpha", "solver", "tie_break")
 
     def __init__(
         self,
@@ -121,8 +122,8 @@ class STRIDE(Attributor):
         self._check_task(data)
         n = len(data)
         auto_k, auto_d = auto_size(n)
-        self.n_subsets_ = self.n_subsets or auto_k
-        self.degree_ = self.degree or min(auto_d, self.n_subsets_)
+        self.n_subsets_ = auto_k if self.n_subsets is None else self.n_subsets
+        self.degree_ = min(auto_d, self.n_subsets_) if self.degree is None else self.degree
         self.design_ = design(n, self.n_subsets_, self.degree_, self.seed)
         probe = to_device(data.batch(slice(0, min(2, n))), model_device(model))
         with torch.no_grad():
@@ -150,7 +151,8 @@ class STRIDE(Attributor):
         return self
 
     def _operator_meta(self, model, ops) -> dict[str, Any]:
-        hyper = {k: v for k, v in self.get_params().items() if k not in EXECUTION_PARAMS}
+        skip = (*EXECUTION_PARAMS, *self.score_only_params)
+        hyper = {k: v for k, v in self.get_params().items() if k not in skip}
         return {
             "method": self.method,
             "config": {k: v if isinstance(v, (int, float, str, type(None))) else repr(v) for k, v in hyper.items()},

@@ -378,7 +378,7 @@ def _fista(op: Membership, yc, lam, warm, tol, max_iter, seed, verbose, ws_start
             op.columns(index), yc, lam, values, gap.clamp_min(tol) * 0.3, gen, max_iter - n_iter
         )
         n_iter += used
-        size = min(op.n, 2 * max(size, int((sol.values != 0).sum(1).max())))
+        size = min(op.n, max(ws_start, 2 * int((sol.values != 0).sum(1).max())))
     return _compact(sol), n_iter
 
 
@@ -387,7 +387,7 @@ def _fista_restricted(A: Restricted, yc, lam, w, target, gen, budget) -> tuple[S
     Q, P = A.shape
     valid = torch.ones(Q, P, device=w.device, dtype=torch.bool)
     valid[:, 1:] = A.idx[:, 1:] != A.idx[:, :-1]  # working sets are sorted; repeats are padding
-    L = _power_iteration(A, valid, gen) * 1.05
+    L = _power_iteration(A, valid, gen) * 1.1  # a few power steps underestimate; a rejected step doubles L
     z, t = w.clone(), torch.ones(Q, dtype=w.dtype, device=w.device)
     objective = _objective(A, yc, w, lam)
     used = torch.zeros(Q, dtype=torch.long, device=w.device)
@@ -423,7 +423,7 @@ def _objective(A: Restricted, yc: Tensor, w: Tensor, lam: Tensor) -> Tensor:
     return 0.5 * ((yc - A.matvec(w)) ** 2).sum(1) + lam * w.abs().sum(1)
 
 
-def _power_iteration(A: Restricted, valid: Tensor, gen: torch.Generator, steps: int = 30) -> Tensor:
+def _power_iteration(A: Restricted, valid: Tensor, gen: torch.Generator, steps: int = 10) -> Tensor:
     """‖A_S‖² per query (largest eigenvalue of A_SᵀA_S), by power iteration from a seeded random start."""
     v = torch.rand(A.shape, generator=gen, dtype=DTYPE, device=valid.device) * valid
     norm = torch.ones(A.shape[0], dtype=DTYPE, device=valid.device)
