@@ -2,14 +2,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from testable_tasks import blobs, fit, mlp
 from torch import nn
 
 import datatrace as dt
 from datatrace.benchmarks import get, get_method
 from datatrace.stride import recover
 from datatrace.stride.measure import responses
-from datatrace.stride.operators import resolve_layer
+from testable_tasks import blobs, fit, mlp
 
 TASK = dt.ClassificationTask()
 
