@@ -258,9 +258,10 @@ def test_non_finite_query_is_refused(classifier):
 @pytest.mark.slow
 def test_lds_floor_on_digits_mlp():
     """STRIDE at its defaults (K=1000, d=10, rank 16, 300 steps, λ = 0.1·λ_max) on digits-mlp, seed 0, against 16
-    retrained random halves × 2 seeds. Measured LDS 0.xxx; against the full 64-subset ground truth 0.439."""
+    retrained random halves × 2 seeds. Measured LDS 0.386 [0.331, 0.435]; against the benchmark's full 64-subset
+    ground truth 0.439 [0.407, 0.471] (TRAK 0.663, LoGra 0.658, Grad-Dot 0.262: benchmarks/stride_lds.py)."""
     bench = get("digits-mlp")
     gt = bench.ground_truth(workers=2, n_subsets=16, verbose=False)
     train, query = bench.data()
     res = dt.eval.lds(dt.STRIDE(bench.model(), bench.task, verbose=False).fit(train).score(query), gt)
-    assert res.mean >= 0.0, str(res)
+    assert res.mean >= 0.33, str(res)
