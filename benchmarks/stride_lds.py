@@ -75,6 +75,7 @@ ABLATIONS = {
     "stability 1": {"stability": 1.0},
     "linearity 1": {"linearity": 1.0},
     "steps 1000": {"steps": 1000},
+    "steps 1000, early stopping (patience 4)": {"steps": 1000, "patience": 4},
     "alpha 0.03": {"alpha": 0.03},
     "alpha 0.3": {"alpha": 0.3},
     "alpha heldout": {"alpha": "heldout"},

@@ -179,6 +179,18 @@ def test_sign_exact_copy_of_query_is_a_top_proponent(digits_copies):
     assert np.median(ranks) < 0.01 * scores.shape[1] and max(ranks) < 0.05 * scores.shape[1], ranks
 
 
+def test_early_stopping_on_held_out_members_keeps_the_best_operators(classifier):
+    model, train, _ = classifier
+    a = small(model, steps=400, lr=0.2, patience=2).fit(train)
+    log = a.training_log_
+    checks = len(log.validation)
+    assert checks < 400 // 25 and len(log.fidelity) == 25 * checks  # stopped early, at a check
+    assert log.best_step == 25 * (int(np.argmin(log.validation)) + 1)
+    assert log.best_step == 25 * (checks - 2)  # patience 2: two checks without a gain after the best
+    b = small(model, steps=log.best_step, lr=0.2, patience=2).fit(train)
+    torch.testing.assert_close(a.steered_.operators.steer.weight, b.steered_.operators.steer.weight)
+
+
 def test_tie_break_orders_zeros_below_every_lasso_score(classifier):
     model, train, query = classifier
     a = small(model).fit(train)

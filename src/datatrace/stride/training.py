@@ -52,6 +52,11 @@ class TrainingConfig:
         linearity: weight of the linearity loss (0 = off).
         probes: probe examples per step for the linearity loss.
         sketch_dim: q, columns of the JL sketch of M for the linearity loss (default K // 4).
+        patience: early stopping (0 = off): one member of every subset (with ≥ 2 members) is held out of the
+            fidelity draws; every ``validate_every`` steps the loss (fidelity + stability·KL) of the held-out members
+            and of one non-member per subset under their operators is computed, and training stops after
+            ``patience`` checks without improvement, restoring the best operators. Uses no query or LDS.
+        validate_every: steps between early-stopping checks.
     """
 
     steps: int = 300
@@ -63,9 +68,11 @@ class TrainingConfig:
     linearity: float = 0.0
     probes: int = 4
     sketch_dim: int | None = None
+    patience: int = 0
+    validate_every: int = 25
 
     def __post_init__(self):
-        for name in ("steps", "subsets_per_step", "examples_per_subset", "probes"):
+        for name in ("steps", "subsets_per_step", "examples_per_subset", "probes", "validate_every"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be ≥ 1, got {getattr(self, name)}.")
         for name in ("lr", "basis_lr"):
@@ -74,6 +81,8 @@ class TrainingConfig:
         for name in ("stability", "linearity"):
             if not getattr(self, name) >= 0:
                 raise InputError(f"the {name} weight must be ≥ 0, got {getattr(self, name)}.")
+        if self.patience < 0:
+            raise InputError(f"patience must be ≥ 0 (0 = no early stopping), got {self.patience}.")
         if self.sketch_dim is not None and self.sketch_dim < 1:
             raise InputError(f"sketch_dim must be ≥ 1, got {self.sketch_dim}.")
 
@@ -83,11 +92,14 @@ class TrainingConfig:
 
 @dataclass
 class TrainingLog:
-    """Loss terms per step (means over the step's batch)."""
+    """Loss terms per step (means over the step's batch); with early stopping, the held-out loss per check and the
+    step whose operators were kept."""
 
     fidelity: list[float] = field(default_factory=list)
     stability: list[float] = field(default_factory=list)
     linearity: list[float] = field(default_factory=list)
+    validation: list[float] = field(default_factory=list)
+    best_step: int | None = None
 
 
 def train_operators(
@@ -110,13 +122,18 @@ def train_operators(
     residual = _linearity_residual(design, config, seed).to(device) if config.linearity > 0 else None
     divergence = _squared_difference if isinstance(task, RegressionTask) else _kl_to_base
     log = TrainingLog()
+    held = sampler.hold_out() if config.patience else None
+    best, best_state, checks_without_gain = float("inf"), None, 0
+
+    def terms(ks: np.ndarray, members: np.ndarray, others: np.ndarray) -> tuple[Tensor, Tensor]:
+        k_each = torch.as_tensor(np.repeat(ks, len(members) // len(ks)), device=device)
+        fidelity = steered.per_example(task.loss, to_device(data.batch(members), device), k_each).mean()
+        base, moved = steered.outputs(to_device(data.batch(others)[:-1], device), k_each)
+        return fidelity, divergence(base, moved).mean()
+
     with _progress(config.steps, verbose) as advance:
         for step in range(config.steps):
-            ks, members, others = sampler.draw(config.subsets_per_step, config.examples_per_subset)
-            k_each = torch.as_tensor(np.repeat(ks, config.examples_per_subset), device=device)
-            fidelity = steered.per_example(task.loss, to_device(data.batch(members), device), k_each).mean()
-            base, moved = steered.outputs(to_device(data.batch(others)[:-1], device), k_each)
-            stability = divergence(base, moved).mean()
+            fidelity, stability = terms(*sampler.draw(config.subsets_per_step, config.examples_per_subset))
             loss = fidelity + config.stability * stability
             linearity = torch.zeros(())
             if residual is not None:
@@ -137,6 +154,21 @@ def train_operators(
             log.stability.append(float(stability.detach()))
             log.linearity.append(float(linearity.detach()))
             advance(fidelity=log.fidelity[-1], stability=log.stability[-1], linearity=log.linearity[-1])
+            if held is not None and (step + 1) % config.validate_every == 0:
+                with torch.no_grad():
+                    fid, stab = terms(*held)
+                log.validation.append(float(fid + config.stability * stab))
+                if log.validation[-1] < best:
+                    best, checks_without_gain, log.best_step = log.validation[-1], 0, step + 1
+                    best_state = [t.detach().clone() for t in (ops.basis, ops.steer.weight)]
+                else:
+                    checks_without_gain += 1
+                    if checks_without_gain >= config.patience:
+                        break
+    if best_state is not None:
+        with torch.no_grad():
+            ops.basis.copy_(best_state[0])
+            ops.steer.weight.copy_(best_state[1])
     return log
 
 
@@ -159,12 +191,30 @@ class SubsetSampler:
         k_each = np.repeat(ks, per_subset)
         pick = self.rng.random(len(k_each))
         members = self.members[self.indptr[k_each] + (pick * self.sizes[k_each]).astype(np.int64)]
+        return ks, members, self._non_members(k_each)
+
+    def hold_out(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Withhold one member of every subset with ≥ 2 members from later draws; returns ``(subsets, those
+        members, one non-member each)`` for validation."""
+        ks = np.flatnonzero(self.sizes >= 2)
+        pick = self.indptr[ks] + self.rng.integers(0, self.sizes[ks])
+        held = self.members[pick]
+        keep = np.ones(len(self.members), dtype=bool)
+        keep[pick] = False
+        self.members = self.members[keep]
+        self.sizes = self.sizes.copy()
+        self.sizes[ks] -= 1
+        self.indptr = np.concatenate([[0], np.cumsum(self.sizes)])
+        return ks, held, self._non_members(ks)
+
+    def _non_members(self, k_each: np.ndarray) -> np.ndarray:
+        """One random training example outside subset ``k`` for every ``k`` in ``k_each``."""
         others = self.rng.integers(0, self.design.n_train, len(k_each))
         inside = (self.design.subsets[others] == k_each[:, None]).any(axis=1)
         while inside.any():  # resample the (rare) non-members that are members
             others[inside] = self.rng.integers(0, self.design.n_train, int(inside.sum()))
             inside = (self.design.subsets[others] == k_each[:, None]).any(axis=1)
-        return ks, members, others
+        return others
 
     def probes(self, n: int) -> np.ndarray:
         return self.rng.integers(0, self.design.n_train, n)
