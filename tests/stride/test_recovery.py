@@ -98,6 +98,7 @@ def test_backprojection_is_each_examples_mean_response():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_heldout_selection_picks_alpha_without_any_attribution_ground_truth():
     """The chosen alpha minimises the held-out prediction error, and its largest |ŵ| are the planted examples.
 

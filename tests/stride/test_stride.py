@@ -172,6 +172,7 @@ def test_per_example_operators_reduce_to_soft_thresholded_responses(classifier):
     np.testing.assert_allclose(got, closed, rtol=1e-3, atol=1e-5 * np.abs(own).max())
 
 
+@pytest.mark.slow
 def test_sign_exact_copy_of_query_is_a_top_proponent(digits_copies):
     train, query, model, copies = digits_copies
     scores = dt.STRIDE(model, TASK, verbose=False).fit(train).score(query).values
@@ -214,6 +215,7 @@ def test_operators_are_saved_and_reused(classifier, tmp_path):
         small(model, cache_dir=tmp_path, rank=4).fit(train)
 
 
+@pytest.mark.slow
 def test_self_influence_on_the_training_set_only(classifier):
     model, train, query = classifier
     a = small(model).fit(train)
