@@ -19,6 +19,7 @@ from .errors import (
     UnknownOptionError,
 )
 from .scores import Scores
+from .stride import STRIDE
 from .task import ClassificationTask, RegressionTask, Task
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "NonFiniteError",
     "NotFittedError",
     "RegressionTask",
+    "STRIDE",
     "Scores",
     "StoreMismatchError",
     "Task",

@@ -127,6 +127,11 @@ class Scores:
                 out[r, c] = self.block(r, c)
         return out
 
+    def diagonal(self) -> np.ndarray:
+        """``score[i, i]`` for ``i < min(n_query, n_train)`` (queries that are the training examples themselves)."""
+        n = min(self.shape)
+        return np.concatenate([self.block(r, r).diagonal() for r in _chunks(n, self.query_chunk)])
+
     def topk(self, k: int, largest: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` highest (or lowest) scores of every query, streamed over blocks.
 

@@ -30,6 +30,7 @@ from .errors import InputError, StoreMismatchError
 
 FORMAT = "datatrace-store"
 FORMAT_VERSION = 1
+TENSORS_FORMAT = "datatrace-tensors"
 
 
 class Store:
@@ -84,13 +85,7 @@ class Store:
         return self.path / f"{name}.npy"
 
     def _check_header(self, found: dict) -> None:
-        diffs = _diff(found, self.header)
-        if diffs:
-            raise StoreMismatchError(
-                f"The store at {self.path} was written by a different run: "
-                + "; ".join(f"{k}: stored {a!r}, now {b!r}" for k, a, b in diffs)
-                + ". Use another cache_dir or delete that directory."
-            )
+        _check_same_run(self.path, found, self.header)
 
     def shard_rows(self, shard: int) -> slice:
         return slice(shard * self.shard_size, min((shard + 1) * self.shard_size, self.n_rows))
@@ -120,6 +115,47 @@ class Store:
     @property
     def meta(self) -> dict:
         return self.header["meta"]
+
+
+def save_tensors(path: str | os.PathLike, tensors: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+    """Write named tensors to ``path/tensors.safetensors`` and a JSON header with ``meta``, both atomically.
+
+    The header is written last, so its presence means the tensors are complete. For state that is not per-row
+    (e.g. trained parameters); per-row arrays belong in a :class:`Store`.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    header = {"format": TENSORS_FORMAT, "format_version": FORMAT_VERSION, "meta": json.loads(json.dumps(dict(meta)))}
+    with tempfile.NamedTemporaryFile(dir=path, delete=False, suffix=".tmp") as f:
+        tmp = f.name
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+    os.replace(tmp, path / "tensors.safetensors")
+    _atomic_write(path / "header.json", json.dumps(header, indent=2, sort_keys=True))
+
+
+def load_tensors(path: str | os.PathLike, meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The tensors saved by :func:`save_tensors` at ``path`` if its header has exactly ``meta``; ``None`` if there is
+    no complete save there; :class:`~datatrace.errors.StoreMismatchError` naming the differences otherwise."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / "header.json").exists():
+        return None
+    want = {"format": TENSORS_FORMAT, "format_version": FORMAT_VERSION, "meta": json.loads(json.dumps(dict(meta)))}
+    _check_same_run(path, json.loads((path / "header.json").read_text()), want)
+    return load_file(path / "tensors.safetensors")
+
+
+def _check_same_run(path: Path, found: dict, want: dict) -> None:
+    diffs = _diff(found, want)
+    if diffs:
+        raise StoreMismatchError(
+            f"The store at {path} was written by a different run: "
+            + "; ".join(f"{k}: stored {a!r}, now {b!r}" for k, a, b in diffs)
+            + ". Use another cache_dir or delete that directory."
+        )
 
 
 def _diff(found: Any, want: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:

@@ -139,11 +139,7 @@ class Attributor:
             train = self.stores_
         else:
             train = [self._train_arrays_in_memory(model, data) for model in self.models]
-        scores = self._scores(self._query_features(data, self.task.loss), train)
-        chunk = scores.query_chunk
-        return np.concatenate(
-            [scores.block(slice(lo, lo + chunk), slice(lo, lo + chunk)).diagonal() for lo in range(0, len(data), chunk)]
-        )
+        return self._scores(self._query_features(data, self.task.loss), train).diagonal()
 
     def get_params(self) -> dict[str, Any]:
         """Hyperparameters as passed to ``__init__`` (excluding the model and task)."""

@@ -27,6 +27,7 @@ from .._utils import derive_seed
 from ..attributors import TRAK, GradCos, GradDot, TracIn
 from ..data import Data
 from ..errors import InputError, UnknownOptionError
+from ..stride import STRIDE
 from ..task import Task
 from .base import Benchmark
 
@@ -174,4 +175,9 @@ register_family(
     "trak",
     "TRAK averaged over {k} models, each trained on a random half of the data",
     lambda ctx, k, **o: TRAK(ctx.models(k), ctx.task, **o),
+)
+register(
+    "stride",
+    "STRIDE: Lasso recovery from learned per-subset steering operators (K=1000, d=10, rank 16)",
+    lambda ctx, **o: STRIDE(ctx.model, ctx.task, **o),
 )
