@@ -139,7 +139,7 @@ def test_cg_reports_its_residual_and_warns_at_the_iteration_cap(trained):
 def test_self_influence_works_for_every_solver(trained, solver):
     model, (x, y), _ = trained
     task = dt.ClassificationTask()  # measurement = loss: score(train) has the self-influences on its diagonal
-    options = {"lissa_batch_size": 60, "lissa_depth": 300} if solver == "lissa" else {}
+    options = {"lissa_batch_size": 60, "lissa_depth": 50} if solver == "lissa" else {}  # consistency, not accuracy
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dt.DatatraceWarning)
         attr = dt.InfluenceFunction(model, task, solver=solver, verbose=False, **options).fit((x, y))

@@ -271,7 +271,9 @@ def conjugate_gradient(
     rs = (r * r).sum(1)
     active = (rs.sqrt() / b_norm > tol).nonzero().squeeze(1)
     it = 0
-    while len(active) and it < max_iter:
+    for _ in track(range(max_iter), "conjugate gradient", max_iter, op.verbose):
+        if not len(active):
+            break
         it += 1
         hp = op.matvec(p[active]) + damping * p[active]
         curvature = (p[active] * hp).sum(1)
@@ -296,7 +298,7 @@ def top_eigenvalue(op: HessianOperator, seed: int, iters: int = 20) -> float:
     gen = torch.Generator().manual_seed(derive_seed(seed, "power-iteration"))
     v = torch.randn(1, op.dim, generator=gen, dtype=torch.float64)
     value = 0.0
-    for _ in range(iters):
+    for _ in track(range(iters), "power iteration", iters, op.verbose):
         v = v / v.norm()
         hv = op.matvec(v)
         value = float((v * hv).sum())
@@ -336,7 +338,7 @@ def lissa(
         rng = np.random.default_rng(derive_seed(seed, "lissa", r))
         x = b.clone()
         order = rng.permutation(n)
-        for step in range(1, depth + 1):
+        for step in track(range(1, depth + 1), f"LiSSA run {r + 1}/{repeats}", depth, op.verbose):
             pos = (step - 1) % epoch
             if pos == 0 and step > 1:
                 order = rng.permutation(n)
