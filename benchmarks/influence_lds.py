@@ -87,6 +87,19 @@ def factor_cost(model, task, train) -> dict:
     }
 
 
+def print_gaps(results: list[dict]) -> None:
+    """Each method's default against its best swept setting."""
+    print("\ndefaults against the best swept setting (LDS)")
+    for name in dict.fromkeys(r["benchmark"] for r in results):
+        for method in dict.fromkeys(r["method"] for r in results if r["benchmark"] == name):
+            rows = [r for r in results if r["benchmark"] == name and r["method"] == method]
+            best = max(rows, key=lambda r: r["lds"])
+            print(
+                f"{name:<15}{method:<12} default {rows[0]['lds']:.3f} ({rows[0]['seconds']:.1f} s)   "
+                f"best {best['lds']:.3f} ({best['setting']})   gap {best['lds'] - rows[0]['lds']:.3f}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write all results here")
@@ -121,15 +134,8 @@ def main() -> None:
             ci = f"{res.mean:.3f} [{res.ci[0]:.3f}, {res.ci[1]:.3f}]"
             print(f"{method:<12}{setting:<40}{ci:<26}{row['seconds']:.1f}", flush=True)
         costs[name] = factor_cost(model, bench.task, train)
-    print("\ndefaults against the best swept setting (LDS)")
-    for name in dict.fromkeys(r["benchmark"] for r in results):
-        for method in dict.fromkeys(r["method"] for r in results if r["benchmark"] == name):
-            rows = [r for r in results if r["benchmark"] == name and r["method"] == method]
-            best = max(rows, key=lambda r: r["lds"])
-            print(
-                f"{name:<15}{method:<12} default {rows[0]['lds']:.3f} ({rows[0]['seconds']:.1f} s)   "
-                f"best {best['lds']:.3f} ({best['setting']})   gap {best['lds'] - rows[0]['lds']:.3f}"
-            )
+    if not args.defaults_only:
+        print_gaps(results)
     print("\nEK-FAC factors (covariance pass + eigenvalue-correction pass)")
     for name, c in costs.items():
         print(
