@@ -93,12 +93,12 @@ def test_explicit_influence_predicts_leave_one_out_retraining():
         ("cg", {"tol": 1e-8}, 1e-4),
         ("arnoldi", {"rank": 75}, 1e-4),  # rank = P: complete eigendecomposition
         ("lissa", {"lissa_batch_size": 60, "tol": 1e-4}, 1e-4),  # full batch: no noise
-        ("lissa", {"lissa_batch_size": 16, "lissa_depth": 1000, "lissa_repeats": 2}, 0.25),  # stochastic
+        ("lissa", {"lissa_batch_size": 30, "lissa_depth": 300}, 0.1),  # stochastic: minibatches of half the data
     ],
 )
 def test_iterative_solvers_agree_with_explicit(trained, solver, options, rtol):
     """Tolerance: relative Frobenius error of the score matrix. Float32 Hessian-vector products limit CG, Arnoldi and
-    full-batch LiSSA to ~1e-5; minibatch noise limits stochastic LiSSA (measured 0.03 here)."""
+    full-batch LiSSA to ~1e-5; minibatch noise limits stochastic LiSSA (measured 0.020 here)."""
     model, train, query = trained
     task = dt.ClassificationTask()
     damping = 5.0  # a well-conditioned system keeps LiSSA's run short

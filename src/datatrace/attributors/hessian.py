@@ -100,6 +100,11 @@ class OutputSplit:
 
         # float64: for confident predictions Λ = diag(p) − ppᵀ cancels to ~1e-5 and float32 would lose 1% of it.
         lam = vmap(torch.func.hessian(loss_one))(z.detach().double().reshape(len(z), -1), self.batch)
+        if not torch.isfinite(lam).all():
+            raise NonFiniteError(
+                "Non-finite Hessian of the loss w.r.t. the model output in a batch of the Hessian data; check those "
+                "examples' losses."
+            )
         eigval, eigvec = torch.linalg.eigh(lam)
         return (eigvec * eigval.clamp_min(0).sqrt().unsqueeze(1)).to(z.dtype)
 
