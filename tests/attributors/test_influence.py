@@ -302,6 +302,9 @@ def test_non_finite_hessian_vector_products_name_the_examples():
         attr = dt.InfluenceFunction(model.eval(), PowerLoss(), solver="cg", hessian=hessian, batch_size=4)
         with pytest.raises(dt.NonFiniteError, match="Hessian-vector product on training examples 4–7"):
             attr.fit((x, y))
+    attr = dt.InfluenceFunction(model.eval(), PowerLoss(), solver="ekfac", batch_size=4, verbose=False)
+    with pytest.raises(dt.NonFiniteError, match="Non-finite Hessian of the loss w.r.t. the model output"):
+        attr.fit((x, y))
 
 
 def test_lissa_with_too_small_a_scale_is_a_clear_error(trained):
