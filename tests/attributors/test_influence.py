@@ -1,4 +1,6 @@
+import dataclasses
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ import torch
 import datatrace as dt
 from datatrace.attributors.hessian import HessianOperator, hessian_matrix
 from datatrace.benchmarks import get
-from datatrace.benchmarks.digits import digits_split, train_logreg
+from datatrace.eval import LOOGroundTruth, loo_correlation
 from datatrace.grads import select_parameters
 from testable_tasks import blobs, fit, for_loop_grads, mlp
 
@@ -70,30 +72,20 @@ def test_explicit_scores_equal_the_formula(trained, kind):
 
 
 def test_explicit_influence_predicts_leave_one_out_retraining():
-    """Convex case: L2-regularised logistic regression (digits-logreg's recipe, λ = its L2 coefficient 1e-3).
+    """Convex case: digits-logreg (L2 logistic regression, 1,000 images, L-BFGS to convergence) against its shipped
+    leave-one-out fixture — the model really retrained without each of 100 random training examples, with the loss
+    of all 100 queries (tests/eval/test_loo.py checks the fixture against fresh retraining). λ = the recipe's L2
+    coefficient, so H + λI is the exact Hessian of the training objective.
 
-    On 200 training images, for the query with the highest loss, the 25 most positive and 25 most negative predicted
-    examples are each removed and the model retrained: Pearson 0.977 between predicted and actual change of the query
-    loss (measured; the slope is about 2, removal effects being larger than first order).
+    Measured: Pearson between predicted and actual change of the query loss over the 100 removals 0.995
+    [0.994, 0.996] (mean over queries, 95% bootstrap CI); the issue asks for ≥ 0.95.
     """
-    (xt, yt), (xq, yq) = digits_split()
-    x, y, l2 = xt[:200], yt[:200], 1e-3
-    task = dt.ClassificationTask()
-    model = train_logreg(dt.Data((x, y)), 0, l2=l2)
-    with torch.no_grad():
-        losses = task.loss(model, (xq, yq))
-    q = int(losses.argmax())
-    query = (xq[q : q + 1], yq[q : q + 1])
-    attr = dt.InfluenceFunction(model, task, solver="explicit", damping_abs=l2, verbose=False).fit((x, y))
-    predicted = attr.score(query).values[0]
-    order = np.argsort(predicted)
-    removed = np.concatenate([order[:25], order[-25:]])
-    actual = []
-    for i in removed:
-        keep = np.delete(np.arange(len(x)), i)
-        with torch.no_grad():
-            actual.append(float(task.loss(train_logreg(dt.Data((x[keep], y[keep])), 0, l2=l2), query)) - losses[q])
-    assert np.corrcoef(predicted[removed], actual)[0, 1] >= 0.95
+    loo = LOOGroundTruth.load(Path(__file__).parents[1] / "fixtures" / "digits-logreg-loo")
+    bench = get("digits-logreg")
+    train, query = bench.data()
+    attr = dt.InfluenceFunction(bench.model(loo.seed), bench.task, solver="explicit", damping_abs=1e-3, verbose=False)
+    result = loo_correlation(attr.fit(train).score(query), loo)
+    assert result.mean >= 0.98 and result.ci[0] >= 0.97, str(result)
 
 
 @pytest.mark.parametrize(
@@ -102,12 +94,12 @@ def test_explicit_influence_predicts_leave_one_out_retraining():
         ("cg", {"tol": 1e-8}, 1e-4),
         ("arnoldi", {"rank": 75}, 1e-4),  # rank = P: complete eigendecomposition
         ("lissa", {"lissa_batch_size": 60, "tol": 1e-4}, 1e-4),  # full batch: no noise
-        ("lissa", {"lissa_batch_size": 16, "lissa_depth": 1000, "lissa_repeats": 2}, 0.25),  # stochastic
+        ("lissa", {"lissa_batch_size": 30, "lissa_depth": 300}, 0.1),  # stochastic: minibatches of half the data
     ],
 )
 def test_iterative_solvers_agree_with_explicit(trained, solver, options, rtol):
     """Tolerance: relative Frobenius error of the score matrix. Float32 Hessian-vector products limit CG, Arnoldi and
-    full-batch LiSSA to ~1e-5; minibatch noise limits stochastic LiSSA (measured 0.03 here)."""
+    full-batch LiSSA to ~1e-5; minibatch noise limits stochastic LiSSA (measured 0.020 here)."""
     model, train, query = trained
     task = dt.ClassificationTask()
     damping = 5.0  # a well-conditioned system keeps LiSSA's run short
@@ -139,7 +131,7 @@ def test_cg_reports_its_residual_and_warns_at_the_iteration_cap(trained):
 def test_self_influence_works_for_every_solver(trained, solver):
     model, (x, y), _ = trained
     task = dt.ClassificationTask()  # measurement = loss: score(train) has the self-influences on its diagonal
-    options = {"lissa_batch_size": 60, "lissa_depth": 300} if solver == "lissa" else {}
+    options = {"lissa_batch_size": 60, "lissa_depth": 50} if solver == "lissa" else {}  # consistency, not accuracy
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dt.DatatraceWarning)
         attr = dt.InfluenceFunction(model, task, solver=solver, verbose=False, **options).fit((x, y))
@@ -180,9 +172,11 @@ def test_sign_exact_copy_of_query_is_a_top_proponent(solver, digits_copies):
 def test_lds_floor_on_digits_logistic_regression():
     """Explicit and CG influence (default damping) against 64 retrained 50% subsets of digits-logreg.
 
-    Measured 0.943 [0.940, 0.947] for both (TRAK with 5 models: 0.854); the floors leave room for platform noise.
+    One training seed per subset: the recipe is convex (L-BFGS to convergence), so the benchmark's second seed
+    repeats the first. Measured 0.943 [0.940, 0.947] for both (TRAK with 5 models: 0.854); the floors leave room for
+    platform noise.
     """
-    bench = get("digits-logreg")
+    bench = dataclasses.replace(get("digits-logreg"), seeds_per_subset=1, common_random_numbers=False)
     gt = bench.ground_truth(workers=2, verbose=False)
     train, query = bench.data()
     model = bench.model()
@@ -311,6 +305,9 @@ def test_non_finite_hessian_vector_products_name_the_examples():
         attr = dt.InfluenceFunction(model.eval(), PowerLoss(), solver="cg", hessian=hessian, batch_size=4)
         with pytest.raises(dt.NonFiniteError, match="Hessian-vector product on training examples 4–7"):
             attr.fit((x, y))
+    attr = dt.InfluenceFunction(model.eval(), PowerLoss(), solver="ekfac", batch_size=4, verbose=False)
+    with pytest.raises(dt.NonFiniteError, match="Non-finite Hessian of the loss w.r.t. the model output"):
+        attr.fit((x, y))
 
 
 def test_lissa_with_too_small_a_scale_is_a_clear_error(trained):

@@ -100,6 +100,11 @@ class OutputSplit:
 
         # float64: for confident predictions Λ = diag(p) − ppᵀ cancels to ~1e-5 and float32 would lose 1% of it.
         lam = vmap(torch.func.hessian(loss_one))(z.detach().double().reshape(len(z), -1), self.batch)
+        if not torch.isfinite(lam).all():
+            raise NonFiniteError(
+                "Non-finite Hessian of the loss w.r.t. the model output in a batch of the Hessian data; check those "
+                "examples' losses."
+            )
         eigval, eigvec = torch.linalg.eigh(lam)
         return (eigvec * eigval.clamp_min(0).sqrt().unsqueeze(1)).to(z.dtype)
 
@@ -271,7 +276,9 @@ def conjugate_gradient(
     rs = (r * r).sum(1)
     active = (rs.sqrt() / b_norm > tol).nonzero().squeeze(1)
     it = 0
-    while len(active) and it < max_iter:
+    for _ in track(range(max_iter), "conjugate gradient", max_iter, op.verbose):
+        if not len(active):
+            break
         it += 1
         hp = op.matvec(p[active]) + damping * p[active]
         curvature = (p[active] * hp).sum(1)
@@ -296,7 +303,7 @@ def top_eigenvalue(op: HessianOperator, seed: int, iters: int = 20) -> float:
     gen = torch.Generator().manual_seed(derive_seed(seed, "power-iteration"))
     v = torch.randn(1, op.dim, generator=gen, dtype=torch.float64)
     value = 0.0
-    for _ in range(iters):
+    for _ in track(range(iters), "power iteration", iters, op.verbose):
         v = v / v.norm()
         hv = op.matvec(v)
         value = float((v * hv).sum())
@@ -336,7 +343,7 @@ def lissa(
         rng = np.random.default_rng(derive_seed(seed, "lissa", r))
         x = b.clone()
         order = rng.permutation(n)
-        for step in range(1, depth + 1):
+        for step in track(range(1, depth + 1), f"LiSSA run {r + 1}/{repeats}", depth, op.verbose):
             pos = (step - 1) % epoch
             if pos == 0 and step > 1:
                 order = rng.permutation(n)

@@ -87,7 +87,8 @@ class InfluenceFunction(Attributor):
         lissa_depth, lissa_repeats: steps per LiSSA run and runs averaged.
         lissa_batch_size: examples per LiSSA step (its noise: smaller is cheaper per step and noisier).
         lissa_scale: LiSSA's s (must exceed the largest eigenvalue of the minibatch H + λI); ``"auto"`` uses
-            ``LISSA_SCALE_SAFETY`` × the largest eigenvalue of H + λI, found by power iteration.
+            ``LISSA_SCALE_SAFETY`` × the largest eigenvalue of H + λI, found by power iteration (the value used is
+            in the scores' metadata, ``lissa_scale_used``).
         batch_size: examples per Hessian-vector product over the Hessian data (and per gradient batch); a
             throughput setting, it never changes the scores.
         **kwargs: shared arguments of :class:`~datatrace.attributors.base.Attributor`. ``proj_dim`` compresses the
@@ -156,13 +157,24 @@ class InfluenceFunction(Attributor):
     def fit(self, train) -> InfluenceFunction:
         """Store the training gradients and factor / prepare the Hessian of the mean training loss; returns ``self``."""
         data = as_data(train, "train")
-        names = select_parameters(self.models[0], self.params)
-        if self.solver == "explicit":
-            check_explicit_size(num_parameters(self.models[0], names))
-        if self.solver in KRONECKER:
-            kronecker_layers(self.models[0], names, self.solver)
+        self.check_supported()
         self.hessian_data_ = hessian_sample(data, self.hessian_samples, self.seed)
         return super().fit(data)
+
+    def check_supported(self) -> None:
+        """Refuse, before any work, models the solver cannot handle (``fit`` calls it first).
+
+        Raises:
+            InputError: for ``"explicit"``, a Hessian over ``MAX_EXPLICIT_BYTES`` (naming the parameters and bytes);
+                for ``"kfac"``/``"ekfac"``, selected parameters outside ``nn.Linear``/``nn.Conv2d`` layers (naming the
+                modules and the fallback).
+        """
+        for model in self.models:
+            names = select_parameters(model, self.params)
+            if self.solver == "explicit":
+                check_explicit_size(num_parameters(model, names))
+            if self.solver in KRONECKER:
+                kronecker_layers(model, names, self.solver)
 
     # -- Attributor hooks -----------------------------------------------------------------------------------------
     def _train_arrays(self):
@@ -252,6 +264,7 @@ class InfluenceFunction(Attributor):
             mean_eigenvalue=self.mean_eigenvalue_,
             hessian_samples=len(self.hessian_data_),
             solve=solves,
+            **({"lissa_scale_used": [inv.scale for inv in self.inverse_hessians_]} if self.solver == "lissa" else {}),
             normalisation="(1/n)·∇m(q)ᵀ(H+λI)⁻¹∇L(i), H of the mean training loss: ≈ change of the query measurement "
             "when example i is removed; mean over models",
         )

@@ -130,9 +130,18 @@ class LoGra(Attributor):
     def fit(self, train) -> LoGra:
         """Store the projected training gradients and fit EK-FAC in the projected space; returns ``self``."""
         data = as_data(train, "train")
-        kronecker_layers(self.models[0], select_parameters(self.models[0], self.params), "LoGra")
+        self.check_supported()
         self.hessian_data_ = hessian_sample(data, self.hessian_samples, self.seed)
         return super().fit(data)
+
+    def check_supported(self) -> None:
+        """Refuse, before any work, selected parameters outside ``nn.Linear``/``nn.Conv2d`` layers (``fit`` calls it).
+
+        Raises:
+            InputError: naming the unsupported modules and the fallback.
+        """
+        for model in self.models:
+            kronecker_layers(model, select_parameters(model, self.params), "LoGra")
 
     # -- Attributor hooks -----------------------------------------------------------------------------------------
     def _make_projector(self, n_params: int) -> FactorisedProjection:

@@ -10,6 +10,10 @@ Add a method with :func:`register` (an exact name) or :func:`register_family` (n
 integer K, e.g. ``trak-5``)::
 
     register("graddot", "Grad-Dot on the final model", lambda ctx, **o: GradDot(ctx.model, ctx.task, **o))
+
+A method with limits on the model (size, layer types) passes ``check(ctx)``, which raises
+:class:`~datatrace.errors.InputError` for a model it cannot handle; ``datatrace bench`` calls it once the model is
+trained, before the ground truth and before any method runs.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 from torch import nn
 
 from .._utils import derive_seed
-from ..attributors import TRAK, GradCos, GradDot, TracIn
+from ..attributors import TRAK, GradCos, GradDot, InfluenceFunction, LoGra, TracIn
 from ..data import Data
 from ..errors import InputError, UnknownOptionError
 from ..stride import STRIDE
@@ -84,12 +88,15 @@ class Method:
 
     Attributes:
         requires: benchmark attributes that must be set (e.g. ``("checkpoints",)``).
+        check: ``check(ctx)`` raises :class:`~datatrace.errors.InputError` if the method cannot handle the
+            benchmark's trained model (e.g. an explicit Hessian too large for memory); ``None``: no limit.
     """
 
     name: str
     description: str
     build: Build
     requires: tuple[str, ...] = ()
+    check: Callable[[MethodContext], None] | None = None
 
     def missing(self, bench: Benchmark) -> list[str]:
         """The required benchmark attributes that ``bench`` does not provide."""
@@ -103,16 +110,27 @@ class Method:
                 "leave it out of --methods."
             )
 
+    def check_model(self, ctx: MethodContext) -> None:
+        """Raise :class:`~datatrace.errors.InputError` if this method cannot handle ``ctx.model``."""
+        if self.check is not None:
+            self.check(ctx)
+
 
 METHODS: dict[str, Method] = {}
 FAMILIES: dict[str, tuple[str, Callable[[int], Method]]] = {}
 
 
-def register(name: str, description: str, build: Build, requires: Sequence[str] = ()) -> Method:
-    """Register ``build(ctx, **options) -> attributor`` under ``name``."""
+def register(
+    name: str,
+    description: str,
+    build: Build,
+    requires: Sequence[str] = (),
+    check: Callable[[MethodContext], None] | None = None,
+) -> Method:
+    """Register ``build(ctx, **options) -> attributor`` under ``name`` (``check``: see :class:`Method`)."""
     if name in METHODS:
         raise InputError(f"A method called {name!r} is already registered.")
-    METHODS[name] = Method(name, description, build, tuple(requires))
+    METHODS[name] = Method(name, description, build, tuple(requires), check)
     return METHODS[name]
 
 
@@ -176,6 +194,44 @@ register_family(
     "TRAK averaged over {k} models, each trained on a random half of the data",
     lambda ctx, k, **o: TRAK(ctx.models(k), ctx.task, **o),
 )
+
+#: Influence-function solvers, registered as ``if-<solver>``. They keep full training gradients (no projection): the
+#: inverse Hessian acts in parameter space and the benchmarks' models have at most ~51k parameters.
+INFLUENCE_SOLVERS = {
+    "explicit": "explicit damped Gauss–Newton Hessian, Cholesky (refused over 4 GiB, about 23k parameters)",
+    "cg": "conjugate gradient on Gauss–Newton Hessian-vector products, to relative residual 1e-5",
+    "lissa": "LiSSA stochastic Neumann series (depth 5,000, minibatches of 64)",
+    "arnoldi": "top-128 eigenpairs of the Gauss–Newton Hessian (block Arnoldi)",
+    "kfac": "KFAC Gauss–Newton Hessian of the nn.Linear / nn.Conv2d layers",
+    "ekfac": "EK-FAC Gauss–Newton Hessian of the nn.Linear / nn.Conv2d layers",
+}
+
+
+def _influence(solver: str) -> Build:
+    return lambda ctx, **o: InfluenceFunction(ctx.model, ctx.task, solver=solver, **o)
+
+
+def _supported(build: Build) -> Callable[[MethodContext], None]:
+    """A model check that lets the attributor refuse the trained model (size, layer types) before any work."""
+    return lambda ctx: build(ctx, verbose=False).check_supported()
+
+
+for _solver, _what in INFLUENCE_SOLVERS.items():
+    _build = _influence(_solver)
+    register(f"if-{_solver}", f"Influence function (default damping): {_what}", _build, check=_supported(_build))
+
+
+def _logra(ctx: MethodContext, **o) -> LoGra:
+    return LoGra(ctx.model, ctx.task, **o)
+
+
+register(
+    "logra",
+    "LoGra: rank-64 factorised projection of nn.Linear / nn.Conv2d gradients, EK-FAC preconditioned",
+    _logra,
+    check=_supported(_logra),
+)
+
 register(
     "stride",
     "STRIDE: Lasso recovery from learned per-subset steering operators (K=1000, d=10, rank 16)",

@@ -104,10 +104,12 @@ def run_bench(
     for method in chosen:
         method.check_available(bench)
     train, query = bench.data()
-    gt = bench.ground_truth(workers, n_subsets, seed, verbose=verbose, backend=backend, path=ground_truth)
-    ceiling = noise_ceiling(gt, correlation) if gt.seeds_per_subset > 1 else None
     ctx = MethodContext(bench, train, seed)
     ctx.model  # noqa: B018 — the shared model is trained before any method is timed
+    for method in chosen:
+        method.check_model(ctx)  # e.g. model size limits, before the ground truth is computed
+    gt = bench.ground_truth(workers, n_subsets, seed, verbose=verbose, backend=backend, path=ground_truth)
+    ceiling = noise_ceiling(gt, correlation) if gt.seeds_per_subset > 1 else None
     rows = []
     with tempfile.TemporaryDirectory(prefix="datatrace-bench-") as tmp:
         for method in chosen:
