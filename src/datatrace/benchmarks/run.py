@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .._utils import PeakMemory
 from .._version import __version__
 from ..apps import report
 from ..attributors.base import EXECUTION_PARAMS
@@ -167,43 +167,6 @@ def run_bench(
             "platform": platform.platform(),
         },
     )
-
-
-class PeakMemory:
-    """Context manager measuring the peak growth of resident memory (RSS) over its entry value, in bytes.
-
-    Samples ``/proc/self/statm`` from a background thread (Linux); elsewhere ``peak_bytes`` stays 0.
-    """
-
-    def __init__(self, interval_s: float = 0.002):
-        self.interval_s = interval_s
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-
-    @staticmethod
-    def rss() -> int:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, AttributeError):
-            return 0
-
-    def _sample(self) -> None:
-        while True:
-            self.peak_bytes = max(self.peak_bytes, self.rss() - self._start)
-            if self._stop.wait(self.interval_s):
-                return
-
-    def __enter__(self) -> PeakMemory:
-        self._start = self.rss()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_bytes = max(self.peak_bytes, self.rss() - self._start)
 
 
 def directory_bytes(path: Path) -> int:
