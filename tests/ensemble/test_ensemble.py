@@ -10,6 +10,7 @@ from torch import nn
 
 import datatrace as dt
 from datatrace._utils import derive_seed
+from datatrace.benchmarks.recipes import fit_adam_full_batch
 from datatrace.ensemble import MaskedModel
 from testable_tasks import blobs, fit, mlp
 
@@ -31,19 +32,7 @@ def train_mlp(data, seed):
 
 def train_checkpoints(data, seed):
     x, y = data.tensors()
-    model, out = mlp(seed=seed), []
-    for _ in range(3):
-        out.append(fit(model, x, y, steps=20))
-        model = fit(nn.Sequential(*[m for m in model]).train(), x, y, steps=0)  # continue from a copy
-        model.load_state_dict(out[-1].state_dict())
-        out[-1] = _copy(out[-1])
-    return out
-
-
-def _copy(model):
-    clone = mlp()
-    clone.load_state_dict(model.state_dict())
-    return clone.eval()
+    return fit_adam_full_batch(mlp(seed=seed), x, y, steps=60, lr=0.05, l2=0.0, n_checkpoints=3)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +137,7 @@ def test_member_masks_are_shared_by_training_and_query_gradients(setup, monkeypa
     ens = dt.Ensemble(FACTORIES["graddot"], "dropout", models=setup.models[:1], n_members=3, verbose=False)
     ens.fit(setup.train)
     after_fit = {k: set(v) for k, v in seen.items()}
-    ens.score(setup.query).values
+    assert ens.score(setup.query).values.shape == (6, 40)
     assert seen == after_fit and len(seen) == 3  # scoring used exactly the masks of the training gradients
     masks = [next(iter(v)) for v in seen.values()]
     assert all(len(v) == 1 for v in seen.values()) and len(set(masks)) == 3  # one mask per member, all different
@@ -245,7 +234,9 @@ def test_features_beyond_free_disk_are_refused_with_the_number(setup, monkeypatc
 
     monkeypatch.setattr(shutil, "disk_usage", lambda _p: namedtuple("U", "total used free")(10, 10, 1000))
     ens = dt.Ensemble(FACTORIES["trak"], "dropout", models=setup.models, n_members=8, verbose=False)
-    with pytest.raises(dt.InputError, match=r"16 members need ≈ 84,480 bytes .*\(40 examples × 32 dimensions.* 1,000 bytes are free"):
+    with pytest.raises(
+        dt.InputError, match=r"16 members need ≈ 84,480 bytes .*\(40 examples × 32 dimensions.* 1,000 bytes are free"
+    ):
         ens.fit(setup.train)
 
 

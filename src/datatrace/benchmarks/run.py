@@ -50,6 +50,8 @@ class MethodResult:
     peak_mem_bytes: int
     storage_bytes: int
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    #: Ensembles only: :class:`~datatrace.ensemble.EnsembleCosts` as a dict, with ``vs_independent`` ratios.
+    costs: dict[str, Any] | None = None
 
 
 @dataclass
@@ -136,8 +138,10 @@ def run_bench(
                     peak_mem_bytes=memory.peak_bytes,
                     storage_bytes=directory_bytes(cache_dir),
                     hyperparameters={k: v for k, v in hyper.items() if k not in EXECUTION_PARAMS},
+                    costs=attributor.costs_.to_dict() if hasattr(attributor, "costs_") else None,
                 )
             )
+    add_independent_ratios(rows)
     return BenchResult(
         benchmark=bench.name,
         version=bench.version,
@@ -167,6 +171,17 @@ def run_bench(
             "platform": platform.platform(),
         },
     )
+
+
+def add_independent_ratios(rows: list[MethodResult]) -> None:
+    """Give each ensemble row its costs as ratios to ``ens-independent-N`` of this run, N = its member count."""
+    reference = {r.costs["n_members"]: r.costs for r in rows if r.costs and r.name.startswith("ens-independent-")}
+    for row in rows:
+        ref = reference.get(row.costs["n_members"]) if row.costs else None
+        if ref is not None:
+            row.costs["vs_independent"] = {
+                k: row.costs[k] / ref[k] if ref[k] else None for k in ("train_s", "serve_s", "storage_bytes")
+            }
 
 
 def directory_bytes(path: Path) -> int:
@@ -209,6 +224,33 @@ def table_rows(result: BenchResult) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def ensemble_rows(result: BenchResult) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the ensemble cost table (empty rows when the run has no ensemble)."""
+    header = ["ensemble", "members", "train s", "serve s", "peak mem", "weights", "features"]
+    header += ["train ×", "serve ×", "storage ×"]
+    rows = []
+    for m in result.methods:
+        if not m.costs:
+            continue
+        c, ratio = m.costs, m.costs.get("vs_independent") or {}
+        shown = [
+            f"{ratio[k]:.2f}" if ratio.get(k) is not None else "—" for k in ("train_s", "serve_s", "storage_bytes")
+        ]
+        rows.append(
+            [
+                m.name,
+                str(c["n_members"]),
+                f"{c['train_s']:.2f}",
+                f"{c['serve_s']:.2f}",
+                _size(c["peak_mem_bytes"]),
+                _size(c["weight_bytes"]),
+                _size(c["feature_bytes"]),
+                *shown,
+            ]
+        )
+    return header, rows
+
+
 def caption(result: BenchResult) -> str:
     """One line saying what the table's numbers are."""
     s, ceiling = result.settings, result.noise_ceiling
@@ -244,6 +286,14 @@ def print_table(result: BenchResult, console=None) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    header, rows = ensemble_rows(result)
+    if rows:
+        costs = Table(title="Ensemble costs (× = ratio to ens-independent with as many members)", box=box.SIMPLE_HEAD)
+        for col in header:
+            costs.add_column(col, justify="left" if col == "ensemble" else "right")
+        for row in rows:
+            costs.add_row(*row)
+        console.print(costs)
 
 
 def report_html(result: BenchResult) -> str:
@@ -268,6 +318,7 @@ def report_html(result: BenchResult) -> str:
         f'<p class="note">{html.escape(result.description)}. {html.escape(caption(result))} The noise ceiling is '
         "the LDS that the expected retraining outcome itself would reach: no method can be expected above it.</p>",
         report.table(header, rows),
+        *_ensemble_section(result),
         '<div class="row">',
         bars,
         scatter,
@@ -282,6 +333,17 @@ def report_html(result: BenchResult) -> str:
         f"{result.environment['threads']} threads, {result.environment['platform']}.</p>",
     ]
     return report.page(f"datatrace bench — {result.benchmark} v{result.version}", "".join(body))
+
+
+def _ensemble_section(result: BenchResult) -> list[str]:
+    header, rows = ensemble_rows(result)
+    if not rows:
+        return []
+    note = (
+        "Training time = producing the members inside fit; serving = fit + score of the attributor; storage = "
+        "weights + cached training features. × = ratio to ens-independent with as many members in this run."
+    )
+    return ["<h2>Ensemble costs</h2>", f'<p class="note">{note}</p>', report.table(header, rows)]
 
 
 def markdown_table(results: list[BenchResult]) -> str:

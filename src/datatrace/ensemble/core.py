@@ -101,7 +101,9 @@ class Ensemble:
         verbose: bool = True,
     ):
         if not callable(attributor_factory):
-            raise InputError("attributor_factory must be callable: models -> attributor, e.g. lambda ms: dt.TRAK(ms, task).")
+            raise InputError(
+                "attributor_factory must be callable: models -> attributor, e.g. lambda ms: dt.TRAK(ms, task)."
+            )
         self.attributor_factory = attributor_factory
         self.kind = check_choice("kind", kind, KINDS)
         if (models is None) == (train_fn is None):

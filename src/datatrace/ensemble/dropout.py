@@ -78,7 +78,9 @@ class MaskedModel(nn.Module):
         seed: seed of this member's masks.
     """
 
-    def __init__(self, base: nn.Module, layers: Sequence[str], widths: Sequence[int], rate: float, mask: str, seed: int):
+    def __init__(
+        self, base: nn.Module, layers: Sequence[str], widths: Sequence[int], rate: float, mask: str, seed: int
+    ):
         super().__init__()
         self.base = base
         self.layers, self.rate = list(layers), check_rate(rate)
@@ -125,7 +127,9 @@ def layer_widths(model: nn.Module, layers: Sequence[str], inputs: tuple[Tensor, 
     def record(name: str, args: tuple) -> None:
         widths.setdefault(name, args[0].shape[-1])
 
-    handles = [modules[name].register_forward_pre_hook(lambda _m, args, name=name: record(name, args)) for name in layers]
+    handles = [
+        modules[name].register_forward_pre_hook(lambda _m, args, name=name: record(name, args)) for name in layers
+    ]
     try:
         with torch.no_grad():
             model(*inputs)
