@@ -20,6 +20,8 @@ FACTORIES = {
     "graddot": lambda ms: dt.GradDot(ms, TASK, verbose=False),
     "gradcos": lambda ms: dt.GradCos(ms, TASK, verbose=False),
     "if-explicit": lambda ms: dt.InfluenceFunction(ms, TASK, solver="explicit", verbose=False),
+    "if-ekfac": lambda ms: dt.InfluenceFunction(ms, TASK, solver="ekfac", verbose=False),
+    "tracin": lambda ms: dt.TracIn(ms, TASK, verbose=False),
     "logra": lambda ms: dt.LoGra(ms, TASK, verbose=False),
 }
 Setup = namedtuple("Setup", "train query models")
@@ -134,7 +136,7 @@ def test_member_masks_are_shared_by_training_and_query_gradients(setup, monkeypa
         return mask
 
     monkeypatch.setattr(MaskedModel, "keep_mask", spy)
-    ens = dt.Ensemble(FACTORIES["graddot"], "dropout", models=setup.models[:1], n_members=3, verbose=False)
+    ens = dt.Ensemble(FACTORIES["graddot"], "dropout", models=setup.models[:1], n_members=3, rate=0.5, verbose=False)
     ens.fit(setup.train)
     after_fit = {k: set(v) for k, v in seen.items()}
     assert ens.score(setup.query).values.shape == (6, 40)
@@ -155,7 +157,9 @@ def test_sample_masks_differ_per_example_and_keep_the_rate(setup):
 @pytest.mark.parametrize("options", [{"mask": "member"}, {"mask": "sample"}, {"q_only": True}])
 def test_masks_are_seeded(setup, options):
     def run(seed):
-        ens = dt.Ensemble(FACTORIES["trak"], "dropout", models=setup.models[:1], n_members=2, seed=seed, **options)
+        ens = dt.Ensemble(
+            FACTORIES["trak"], "dropout", models=setup.models[:1], n_members=2, rate=0.5, seed=seed, **options
+        )
         return values(ens, setup)
 
     np.testing.assert_array_equal(run(0), run(0))
