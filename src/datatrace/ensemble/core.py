@@ -46,7 +46,7 @@ from ..grads import num_parameters, select_parameters
 from ..scores import Scores
 from .costs import EnsembleCosts, tensor_bytes
 from .dropout import MASKS, MaskedModel, check_rate, layer_widths, maskable_layers
-from .lora import adapter_names, lora_member, lora_targets
+from .lora import adapter_names, import_peft, lora_member, lora_targets
 
 KINDS = ("independent", "checkpoints", "dropout", "lora")
 TrainFn = Callable[[Data, int], "nn.Module | Sequence[nn.Module]"]
@@ -141,6 +141,8 @@ class Ensemble:
     def fit(self, train) -> Ensemble:
         """Build (and train) the members, then fit the attributor on all of them; returns ``self``."""
         data = as_data(train, "train")
+        if self.kind == "lora":
+            import_peft()  # imported before the clock starts: the import is not training time
         with PeakMemory() as memory:
             t0 = time.perf_counter()
             self.base_models_ = self._base_models(data)

@@ -34,6 +34,15 @@ def lora_targets(model: nn.Module, targets: Sequence[str] | None) -> list[str]:
     return targets
 
 
+def import_peft():
+    """``(LoraConfig, inject_adapter_in_model)`` from peft, or an error naming the extra that provides it."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("kind='lora' needs peft: pip install 'datatrace[llm]'.") from err
+    return LoraConfig, inject_adapter_in_model
+
+
 def lora_member(
     base: nn.Module,
     train: Data,
@@ -47,10 +56,7 @@ def lora_member(
     seed: int,
 ) -> nn.Module:
     """A fine-tuned LoRA copy of ``base`` (in ``eval()`` mode, only adapter parameters trainable)."""
-    try:
-        from peft import LoraConfig, inject_adapter_in_model
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("kind='lora' needs peft: pip install 'datatrace[llm]'.") from err
+    LoraConfig, inject_adapter_in_model = import_peft()  # noqa: N806
     model = copy.deepcopy(base)
     for p in model.parameters():
         p.requires_grad_(False)
