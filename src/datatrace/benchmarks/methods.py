@@ -200,18 +200,18 @@ def trak_ensemble(ctx: MethodContext, kind: str, n_models: int = 1, n_members: i
 
 
 ENSEMBLE_FAMILIES = {
-    "ens-independent": ("TRAK ensemble of {k} independently trained full-data models", {"kind": "independent"}),
-    "ens-half": (
+    "trak-independent": ("TRAK ensemble of {k} independently trained full-data models", {"kind": "independent"}),
+    "trak-half": (
         "TRAK ensemble of {k} models, each trained on its own random half",
         {"kind": "independent", "subset_fraction": 0.5},
     ),
-    "ens-dropout": ("TRAK on 1 model × {k} fixed dropout masks (mask='member')", {"kind": "dropout"}),
-    "ens-dropout-sample": ("TRAK on 1 model × {k} per-example dropout masks", {"kind": "dropout", "mask": "sample"}),
-    "ens-qonly": (
+    "trak-dropout": ("TRAK on 1 model × {k} fixed dropout masks (mask='member')", {"kind": "dropout"}),
+    "trak-dropout-sample": ("TRAK on 1 model × {k} per-example dropout masks", {"kind": "dropout", "mask": "sample"}),
+    "trak-qonly": (
         "TRAK on 1 model, Q-only dropout with {k} masks (forward passes only)",
         {"kind": "dropout", "q_only": True},
     ),
-    "ens-lora": ("TRAK on 1 model × {k} LoRA adapters (rank 8, adapter gradients only)", {"kind": "lora"}),
+    "trak-lora": ("TRAK on 1 model × {k} LoRA adapters (rank 8, adapter gradients only)", {"kind": "lora"}),
 }
 for _prefix, (_description, _options) in ENSEMBLE_FAMILIES.items():
     _size = "n_models" if _options["kind"] == "independent" else "n_members"
@@ -221,7 +221,7 @@ for _prefix, (_description, _options) in ENSEMBLE_FAMILIES.items():
         lambda ctx, k, _o=_options, _s=_size, **o: trak_ensemble(ctx, **_o, **{_s: k}, **o),
     )
 register_family(
-    "ens-checkpoints",
+    "trak-checkpoints",
     "TRAK over the last {k} training checkpoints of one run; costs vs the independent ensemble",
     lambda ctx, k, **o: trak_ensemble(ctx, "checkpoints", n_members=k, **o),
     requires=("checkpoints",),

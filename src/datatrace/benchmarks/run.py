@@ -174,8 +174,8 @@ def run_bench(
 
 
 def add_independent_ratios(rows: list[MethodResult]) -> None:
-    """Give each ensemble row its costs as ratios to ``ens-independent-N`` of this run, N = its member count."""
-    reference = {r.costs["n_members"]: r.costs for r in rows if r.costs and r.name.startswith("ens-independent-")}
+    """Give each ensemble row its costs as ratios to ``trak-independent-N`` of this run, N = its member count."""
+    reference = {r.costs["n_members"]: r.costs for r in rows if r.costs and r.name.startswith("trak-independent-")}
     for row in rows:
         ref = reference.get(row.costs["n_members"]) if row.costs else None
         if ref is not None:
@@ -288,7 +288,7 @@ def print_table(result: BenchResult, console=None) -> None:
     console.print(table)
     header, rows = ensemble_rows(result)
     if rows:
-        costs = Table(title="Ensemble costs (× = ratio to ens-independent with as many members)", box=box.SIMPLE_HEAD)
+        costs = Table(title="Ensemble costs (× = ratio to trak-independent with as many members)", box=box.SIMPLE_HEAD)
         for col in header:
             costs.add_column(col, justify="left" if col == "ensemble" else "right")
         for row in rows:
@@ -341,7 +341,7 @@ def _ensemble_section(result: BenchResult) -> list[str]:
         return []
     note = (
         "Training time = producing the members inside fit; serving = fit + score of the attributor; storage = "
-        "weights + cached training features. × = ratio to ens-independent with as many members in this run."
+        "weights + cached training features. × = ratio to trak-independent with as many members in this run."
     )
     return ["<h2>Ensemble costs</h2>", f'<p class="note">{note}</p>', report.table(header, rows)]
 
