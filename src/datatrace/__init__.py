@@ -8,6 +8,7 @@ from . import eval
 from ._version import __version__
 from .attributors import TRAK, Attributor, GradCos, GradDot, InfluenceFunction, LoGra, TracIn
 from .data import Data
+from .ensemble import Ensemble, EnsembleCosts
 from .errors import (
     DatatraceError,
     DatatraceWarning,
@@ -29,6 +30,8 @@ __all__ = [
     "Data",
     "DatatraceError",
     "DatatraceWarning",
+    "Ensemble",
+    "EnsembleCosts",
     "GradCos",
     "GradDot",
     "InfluenceFunction",

@@ -30,6 +30,7 @@ from torch import nn
 from .._utils import derive_seed
 from ..attributors import TRAK, GradCos, GradDot, InfluenceFunction, LoGra, TracIn
 from ..data import Data
+from ..ensemble import Ensemble
 from ..errors import InputError, UnknownOptionError
 from ..stride import STRIDE
 from ..task import Task
@@ -236,4 +237,54 @@ register(
     "stride",
     "STRIDE: Lasso recovery from learned per-subset steering operators (K=1000, d=10, rank 16)",
     lambda ctx, **o: STRIDE(ctx.model, ctx.task, **o),
+)
+
+
+def trak_ensemble(ctx: MethodContext, kind: str, n_models: int = 1, n_members: int = 1, **options) -> Ensemble:
+    """A TRAK :class:`~datatrace.ensemble.Ensemble` whose members are trained inside ``fit`` (so training is costed).
+
+    ``cache_dir`` and ``verbose`` go to the attributor, every other option to the ensemble.
+    """
+    attr = {k: options.pop(k) for k in ("cache_dir", "verbose") if k in options}
+    train_fn = ctx.bench.train_fn
+    if kind == "checkpoints":
+        train_fn = lambda data, seed: ctx.bench.checkpoints(data, seed)[0]  # noqa: E731
+    return Ensemble(
+        lambda models: TRAK(models, ctx.task, **attr),
+        kind,
+        train_fn=train_fn,
+        n_models=n_models,
+        n_members=n_members,
+        seed=ctx.seed,
+        verbose=attr.get("verbose", True),
+        **options,
+    )
+
+
+ENSEMBLE_FAMILIES = {
+    "trak-independent": ("TRAK ensemble of {k} independently trained full-data models", {"kind": "independent"}),
+    "trak-half": (
+        "TRAK ensemble of {k} models, each trained on its own random half",
+        {"kind": "independent", "subset_fraction": 0.5},
+    ),
+    "trak-dropout": ("TRAK on 1 model × {k} fixed dropout masks (mask='member')", {"kind": "dropout"}),
+    "trak-dropout-sample": ("TRAK on 1 model × {k} per-example dropout masks", {"kind": "dropout", "mask": "sample"}),
+    "trak-qonly": (
+        "TRAK on 1 model, Q-only dropout with {k} masks (forward passes only)",
+        {"kind": "dropout", "q_only": True},
+    ),
+    "trak-lora": ("TRAK on 1 model × {k} LoRA adapters (rank 8, adapter gradients only)", {"kind": "lora"}),
+}
+for _prefix, (_description, _options) in ENSEMBLE_FAMILIES.items():
+    _size = "n_models" if _options["kind"] == "independent" else "n_members"
+    register_family(
+        _prefix,
+        _description + "; costs vs the independent ensemble",
+        lambda ctx, k, _o=_options, _s=_size, **o: trak_ensemble(ctx, **_o, **{_s: k}, **o),
+    )
+register_family(
+    "trak-checkpoints",
+    "TRAK over the last {k} training checkpoints of one run; costs vs the independent ensemble",
+    lambda ctx, k, **o: trak_ensemble(ctx, "checkpoints", n_members=k, **o),
+    requires=("checkpoints",),
 )

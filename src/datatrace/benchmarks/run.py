@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .._utils import PeakMemory
 from .._version import __version__
 from ..apps import report
 from ..attributors.base import EXECUTION_PARAMS
@@ -50,6 +50,8 @@ class MethodResult:
     peak_mem_bytes: int
     storage_bytes: int
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    #: Ensembles only: :class:`~datatrace.ensemble.EnsembleCosts` as a dict, with ``vs_independent`` ratios.
+    costs: dict[str, Any] | None = None
 
 
 @dataclass
@@ -138,8 +140,10 @@ def run_bench(
                     peak_mem_bytes=memory.peak_bytes,
                     storage_bytes=directory_bytes(cache_dir),
                     hyperparameters={k: v for k, v in hyper.items() if k not in EXECUTION_PARAMS},
+                    costs=attributor.costs_.to_dict() if hasattr(attributor, "costs_") else None,
                 )
             )
+    add_independent_ratios(rows)
     return BenchResult(
         benchmark=bench.name,
         version=bench.version,
@@ -171,41 +175,15 @@ def run_bench(
     )
 
 
-class PeakMemory:
-    """Context manager measuring the peak growth of resident memory (RSS) over its entry value, in bytes.
-
-    Samples ``/proc/self/statm`` from a background thread (Linux); elsewhere ``peak_bytes`` stays 0.
-    """
-
-    def __init__(self, interval_s: float = 0.002):
-        self.interval_s = interval_s
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-
-    @staticmethod
-    def rss() -> int:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, AttributeError):
-            return 0
-
-    def _sample(self) -> None:
-        while True:
-            self.peak_bytes = max(self.peak_bytes, self.rss() - self._start)
-            if self._stop.wait(self.interval_s):
-                return
-
-    def __enter__(self) -> PeakMemory:
-        self._start = self.rss()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_bytes = max(self.peak_bytes, self.rss() - self._start)
+def add_independent_ratios(rows: list[MethodResult]) -> None:
+    """Give each ensemble row its costs as ratios to ``trak-independent-N`` of this run, N = its member count."""
+    reference = {r.costs["n_members"]: r.costs for r in rows if r.costs and r.name.startswith("trak-independent-")}
+    for row in rows:
+        ref = reference.get(row.costs["n_members"]) if row.costs else None
+        if ref is not None:
+            row.costs["vs_independent"] = {
+                k: row.costs[k] / ref[k] if ref[k] else None for k in ("train_s", "serve_s", "storage_bytes")
+            }
 
 
 def directory_bytes(path: Path) -> int:
@@ -248,6 +226,33 @@ def table_rows(result: BenchResult) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def ensemble_rows(result: BenchResult) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the ensemble cost table (empty rows when the run has no ensemble)."""
+    header = ["ensemble", "members", "train s", "serve s", "peak mem", "weights", "features"]
+    header += ["train ×", "serve ×", "storage ×"]
+    rows = []
+    for m in result.methods:
+        if not m.costs:
+            continue
+        c, ratio = m.costs, m.costs.get("vs_independent") or {}
+        shown = [
+            f"{ratio[k]:.2f}" if ratio.get(k) is not None else "—" for k in ("train_s", "serve_s", "storage_bytes")
+        ]
+        rows.append(
+            [
+                m.name,
+                str(c["n_members"]),
+                f"{c['train_s']:.2f}",
+                f"{c['serve_s']:.2f}",
+                _size(c["peak_mem_bytes"]),
+                _size(c["weight_bytes"]),
+                _size(c["feature_bytes"]),
+                *shown,
+            ]
+        )
+    return header, rows
+
+
 def caption(result: BenchResult) -> str:
     """One line saying what the table's numbers are."""
     s, ceiling = result.settings, result.noise_ceiling
@@ -283,6 +288,14 @@ def print_table(result: BenchResult, console=None) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    header, rows = ensemble_rows(result)
+    if rows:
+        costs = Table(title="Ensemble costs (× = ratio to trak-independent with as many members)", box=box.SIMPLE_HEAD)
+        for col in header:
+            costs.add_column(col, justify="left" if col == "ensemble" else "right")
+        for row in rows:
+            costs.add_row(*row)
+        console.print(costs)
 
 
 def report_html(result: BenchResult) -> str:
@@ -307,6 +320,7 @@ def report_html(result: BenchResult) -> str:
         f'<p class="note">{html.escape(result.description)}. {html.escape(caption(result))} The noise ceiling is '
         "the LDS that the expected retraining outcome itself would reach: no method can be expected above it.</p>",
         report.table(header, rows),
+        *_ensemble_section(result),
         '<div class="row">',
         bars,
         scatter,
@@ -321,6 +335,17 @@ def report_html(result: BenchResult) -> str:
         f"{result.environment['threads']} threads, {result.environment['platform']}.</p>",
     ]
     return report.page(f"datatrace bench — {result.benchmark} v{result.version}", "".join(body))
+
+
+def _ensemble_section(result: BenchResult) -> list[str]:
+    header, rows = ensemble_rows(result)
+    if not rows:
+        return []
+    note = (
+        "Training time = producing the members inside fit; serving = fit + score of the attributor; storage = "
+        "weights + cached training features. × = ratio to trak-independent with as many members in this run."
+    )
+    return ["<h2>Ensemble costs</h2>", f'<p class="note">{note}</p>', report.table(header, rows)]
 
 
 def markdown_table(results: list[BenchResult]) -> str:
