@@ -66,3 +66,15 @@ def test_every_registered_method_attributes_a_benchmark_model():
             continue
         values = attributor.fit(train).score(query).values
         assert values.shape == (len(query), len(train)) and np.isfinite(values).all(), name
+
+
+def test_context_takes_the_model_from_checkpoints_made_first():
+    calls = []
+
+    def counting(data, seed):
+        calls.append(seed)
+        return TINY.checkpoints(data, seed)
+
+    ctx = MethodContext(dataclasses.replace(TINY, checkpoints=counting), TINY.data()[0])
+    checkpoints, _ = ctx.checkpoints
+    assert ctx.model is checkpoints[-1] and len(calls) == 1

@@ -53,7 +53,10 @@ class MethodContext:
 
     @cached_property
     def model(self) -> nn.Module:
-        """The benchmark's model trained on the full training set with ``seed``."""
+        """The benchmark's model trained on the full training set with ``seed`` (the last checkpoint when the
+        checkpoints were made first: the same training run)."""
+        if "checkpoints" in self.__dict__:
+            return self.checkpoints[0][-1]
         return self.bench.train_fn(self.train, self.seed)
 
     @cached_property
