@@ -24,7 +24,7 @@ import numpy as np
 from torch import nn
 
 from .._utils import derive_seed
-from ..attributors import TRAK, GradCos, GradDot, InfluenceFunction, LoGra, TracIn
+from ..attributors import TRAK, GradCos, GradDot, TracIn
 from ..data import Data
 from ..errors import InputError, UnknownOptionError
 from ..task import Task
@@ -53,9 +53,9 @@ class MethodContext:
 
     @cached_property
     def model(self) -> nn.Module:
-        """The benchmark's model trained on the full training set with ``seed`` (the last checkpoint when the
-        checkpoints were made first: the same training run)."""
-        if "checkpoints" in self.__dict__:
+        """The benchmark's model trained on the full training set with ``seed``: the last of the
+        :attr:`checkpoints` when the benchmark has them (one training run gives both)."""
+        if self.bench.checkpoints is not None:
             return self.checkpoints[0][-1]
         return self.bench.train_fn(self.train, self.seed)
 
@@ -177,28 +177,4 @@ register_family(
     "trak",
     "TRAK averaged over {k} models, each trained on a random half of the data",
     lambda ctx, k, **o: TRAK(ctx.models(k), ctx.task, **o),
-)
-
-
-#: Influence-function solvers by method name (defaults of :class:`~datatrace.attributors.InfluenceFunction`).
-INFLUENCE_SOLVERS = {
-    "explicit": "explicit damped Gauss-Newton Hessian, Cholesky solve (up to ~20k parameters)",
-    "cg": "conjugate gradient on Hessian-vector products to relative residual 1e-5",
-    "lissa": "LiSSA stochastic Neumann series",
-    "arnoldi": "top-128 eigenpairs of the Hessian (Arnoldi)",
-    "kfac": "Kronecker-factored Gauss-Newton Hessian (KFAC)",
-    "ekfac": "eigenvalue-corrected KFAC (EK-FAC)",
-}
-
-
-def _influence(solver: str) -> Build:
-    return lambda ctx, **o: InfluenceFunction(ctx.model, ctx.task, solver=solver, **o)
-
-
-for _solver, _what in INFLUENCE_SOLVERS.items():
-    register(f"if-{_solver}", f"Influence function on the final model: {_what}", _influence(_solver))
-register(
-    "logra",
-    "LoGra: rank-64 factorised per-layer projection, EK-FAC preconditioning",
-    lambda ctx, **o: LoGra(ctx.model, ctx.task, **o),
 )

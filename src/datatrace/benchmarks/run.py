@@ -107,8 +107,6 @@ def run_bench(
     gt = bench.ground_truth(workers, n_subsets, seed, verbose=verbose, backend=backend, path=ground_truth)
     ceiling = noise_ceiling(gt, correlation) if gt.seeds_per_subset > 1 else None
     ctx = MethodContext(bench, train, seed)
-    if any("checkpoints" in method.requires for method in chosen):
-        ctx.checkpoints  # noqa: B018 — one training run gives the checkpoints and the model
     ctx.model  # noqa: B018 — the shared model is trained before any method is timed
     rows = []
     with tempfile.TemporaryDirectory(prefix="datatrace-bench-") as tmp:
