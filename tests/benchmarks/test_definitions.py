@@ -25,7 +25,6 @@ def test_benchmark_data_and_ground_truth_settings(name):
     assert train.fingerprint() == bench.data()[0].fingerprint()  # the split is fixed
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
 def test_recipes_are_deterministic_in_eval_mode_and_learn(name):
     bench = get(name)
