@@ -1,10 +1,12 @@
 """The README's results table: ``datatrace bench`` on every built-in benchmark, as one Markdown table.
 
     python benchmarks/bench_all.py [--workers 2] [--json results.json] [--methods graddot,gradcos,tracin,trak,trak-5]
+        [--benchmarks a,b] [--subsets N]
 
 Equivalent to running, for each built-in benchmark NAME,
 ``datatrace bench NAME --methods graddot,gradcos,tracin,trak,trak-5 --json NAME.json`` (``tracin`` is left out
-where the benchmark provides no checkpoints). Ground truth comes from the datatrace cache (computed on first use).
+where the benchmark provides no checkpoints; ``--subsets N`` passes ``--subsets N``). Ground truth comes from the
+datatrace cache (computed on first use).
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--methods", default="graddot,gradcos,tracin,trak,trak-5")
     parser.add_argument("--benchmarks", default=",".join(BENCHMARKS))
+    parser.add_argument(
+        "--subsets", type=int, help="ground-truth subsets instead of the definitions' (quicker, noisier)"
+    )
     parser.add_argument("--json", help="write every run's results here")
     args = parser.parse_args()
     results = []
     for name in args.benchmarks.split(","):
         bench = BENCHMARKS[name]
         methods = [m.name for m in parse_methods(args.methods) if not m.missing(bench)]
-        results.append(run_bench(name, methods, workers=args.workers, verbose=False))
+        results.append(run_bench(name, methods, workers=args.workers, n_subsets=args.subsets, verbose=False))
         print(markdown_table(results[-1:]), flush=True)
     print()
     print(markdown_table(results))

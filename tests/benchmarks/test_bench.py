@@ -72,8 +72,8 @@ def test_cli_bench_without_a_name_lists_benchmarks_and_methods():
 @pytest.mark.slow
 def test_cli_bench_on_a_built_in_benchmark(tmp_path):
     out = tmp_path / "r.json"
-    args = ["bench", "digits-mlp", "--methods", "graddot,tracin,trak", "--subsets", "4", "--json", str(out)]
+    args = ["bench", "digits-mlp", "--methods", "graddot,tracin,trak", "--subsets", "3", "--json", str(out)]
     result = runner.invoke(app, args + ["--quiet"])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
-    assert data["settings"]["n_subsets"] == 4 and len(data["methods"]) == 3
+    assert data["settings"]["n_subsets"] == 3 and len(data["methods"]) == 3

@@ -1,5 +1,6 @@
 import dataclasses
 
+import numpy as np
 import pytest
 
 import datatrace as dt
@@ -45,15 +46,36 @@ def test_context_trains_each_model_once_and_half_models_on_different_halves():
         calls.append((len(data), seed))
         return TINY.train_fn(data, seed)
 
-    ctx = MethodContext(dataclasses.replace(TINY, train_fn=counting), TINY.data()[0])
+    ctx = MethodContext(dataclasses.replace(TINY, train_fn=counting, checkpoints=None), TINY.data()[0])
     assert ctx.model is ctx.model
     first = ctx.models(2)
     assert ctx.models(3)[:2] == first and len(calls) == 1 + 3
     assert [n for n, _ in calls] == [60, 30, 30, 30] and len({s for _, s in calls[1:]}) == 3
 
 
-def test_every_registered_method_builds_an_attributor_on_a_benchmark_model():
-    ctx = MethodContext(TINY, TINY.data()[0])
+def test_every_registered_method_attributes_a_benchmark_model():
+    """Each name builds an attributor that fits and scores; ``if-lissa`` (with the influence functions) is only built:
+    its default 5,000 steps are long, and the solver itself is tested in tests/attributors/test_influence.py."""
+    train, query = TINY.data()
+    ctx = MethodContext(TINY, train)
     for name in METHODS:
         attributor = get_method(name).build(ctx, verbose=False)
-        assert hasattr(attributor, "fit") and hasattr(attributor, "score")
+        if name == "if-lissa":
+            continue
+        values = attributor.fit(train).score(query).values
+        assert values.shape == (len(query), len(train)) and np.isfinite(values).all(), name
+
+
+def test_context_takes_the_model_from_the_checkpointed_run():
+    calls = []
+
+    def counting(data, seed):
+        calls.append(seed)
+        return TINY.checkpoints(data, seed)
+
+    def must_not_run(data, seed):
+        raise AssertionError("the model was trained again")
+
+    bench = dataclasses.replace(TINY, train_fn=must_not_run, checkpoints=counting)
+    ctx = MethodContext(bench, TINY.data()[0])
+    assert ctx.model is ctx.checkpoints[0][-1] and len(calls) == 1

@@ -1,5 +1,10 @@
 import os
 import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,3 +184,75 @@ def test_subsets_smaller_than_the_number_of_classes_are_refused():
 def test_bad_settings_are_refused(kwargs, match):
     with pytest.raises(dt.InputError, match=match):
         subset_retraining(train_fn, blobs(10), blobs(2), dt.ClassificationTask(), **{"n_subsets": 2, **kwargs})
+
+
+def test_an_interrupted_ground_truth_resumes_without_redoing_finished_runs(tmp_path):
+    train, query, task = blobs(30), blobs(4, seed=1), dt.ClassificationTask()
+    masks = subset_masks(30, 5, 0.5, seed=0)
+    trained = []
+
+    def interrupted(data, seed):
+        if np.array_equal(data.indices, np.flatnonzero(masks[3])):
+            raise KeyboardInterrupt  # the user stops the run while subset 3 trains
+        trained.append(data.indices.copy())
+        return train_fn(data, seed)
+
+    def resumed(data, seed):
+        trained.append(data.indices.copy())
+        return train_fn(data, seed)
+
+    interrupted.__qualname__ = resumed.__qualname__ = train_fn.__qualname__
+    with pytest.raises(KeyboardInterrupt):
+        subset_retraining(interrupted, train, query, task, 5, cache_dir=tmp_path, verbose=False)
+    assert len(trained) == 3
+    gt = subset_retraining(resumed, train, query, task, 5, cache_dir=tmp_path, verbose=False)
+    assert [t.tolist() for t in trained[3:]] == [np.flatnonzero(masks[s]).tolist() for s in (3, 4)]
+    np.testing.assert_array_equal(gt.measurements, subset_retraining(train_fn, train, query, task, 5).measurements)
+    with pytest.raises(dt.StoreMismatchError, match="train_fingerprint"):
+        subset_retraining(resumed, blobs(30, seed=2), query, task, 5, cache_dir=tmp_path, verbose=False)
+
+
+PARENT = """
+import os, sys, time
+import datatrace as dt
+from testable_tasks import blobs, mlp
+
+def slow(data, seed):
+    with open(sys.argv[1], "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    time.sleep(0.1)
+    return mlp(seed=seed)
+
+dt.eval.subset_retraining(slow, blobs(10), blobs(2), dt.ClassificationTask(), 500, workers=2, verbose=False)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "\tZ" not in Path(f"/proc/{pid}/status").read_text().split("State:")[1][:3]  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+    pids = tmp_path / "pids"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(dt.__file__).parents[1]), str(Path(__file__).parents[1])]),
+    }
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(PARENT), str(pids)], env=env)
+    deadline = time.monotonic() + 60
+    while not (pids.exists() and len(set(pids.read_text().split())) >= 2):
+        assert parent.poll() is None and time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.05)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    workers = {int(p) for p in pids.read_text().split()}
+    deadline = time.monotonic() + 10
+    while any(_running(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    orphans = [p for p in workers if _running(p)]
+    for p in orphans:  # do not leave them behind when the test fails
+        os.kill(p, signal.SIGKILL)
+    assert not orphans

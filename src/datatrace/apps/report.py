@@ -60,7 +60,7 @@ def bar_chart_svg(
     extra = [reference[0]] if reference and np.isfinite(reference[0]) else []
     lo = min(0.0, *values, *(i[0] for i in intervals or []), *extra)
     hi = max(0.0, *values, *(i[1] for i in intervals or []), *extra, 1e-9)
-    left, right, top = 140, 30, 30
+    left, right, top = 140, 56, 30  # the right margin holds the value labels
     span = width - left - right
 
     def x(v: float) -> float:
@@ -73,19 +73,22 @@ def bar_chart_svg(
         label_y = y + bar_height * 0.65
         parts.append(f'<text x="{left - 8}" y="{label_y}" font-size="13" text-anchor="end">{html.escape(label)}</text>')
         parts.append(f'<rect x="{x0:.1f}" y="{y}" width="{max(x1 - x0, 1):.1f}" height="{bar_height}" fill="#4c72b0"/>')
+        end = x(v)
         if intervals:
             a, b = x(intervals[k][0]), x(intervals[k][1])
+            end = max(end, a, b)
             mid = y + bar_height / 2
             parts.append(f'<line x1="{a:.1f}" x2="{b:.1f}" y1="{mid}" y2="{mid}" stroke="#222" stroke-width="2"/>')
             parts += [
                 f'<line x1="{e:.1f}" x2="{e:.1f}" y1="{mid - 6}" y2="{mid + 6}" stroke="#222" stroke-width="2"/>'
                 for e in (a, b)
             ]
-        parts.append(f'<text x="{x(v) + 4:.1f}" y="{y - 2}" font-size="11">{v:.3f}</text>')
-    height = top + len(values) * (bar_height + 8) + 10
-    parts.append(f'<line x1="{x(0):.1f}" x2="{x(0):.1f}" y1="{top - 4}" y2="{height - 8}" stroke="#888"/>')
+        parts.append(f'<text x="{end + 6:.1f}" y="{label_y}" font-size="11">{v:.3f}</text>')
+    bottom = top + len(values) * (bar_height + 8) + 2
+    parts.append(f'<line x1="{x(0):.1f}" x2="{x(0):.1f}" y1="{top - 4}" y2="{bottom}" stroke="#888"/>')
     if extra:
-        parts.append(_reference_line(x(extra[0]), x(extra[0]), top - 4, height - 8, reference[1], vertical=True))
+        parts.append(_reference_line(x(extra[0]), x(extra[0]), top - 4, bottom, reference[1], vertical=True))
+    height = bottom + (20 if extra else 8)  # room for the reference line's label below the bars
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">{"".join(parts)}</svg>'
     )
@@ -108,12 +111,15 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]], align: str = 
 
 
 def _reference_line(x1: float, x2: float, y1: float, y2: float, label: str, vertical: bool) -> str:
+    """A dashed line with its label: below a vertical line, above the right end of a horizontal one."""
     anchor = (
-        f'x="{x1 + 4:.1f}" y="{y1 + 10:.1f}"' if vertical else f'x="{x2 - 4:.1f}" y="{y1 - 4:.1f}" text-anchor="end"'
+        f'x="{x1:.1f}" y="{y2 + 13:.1f}" text-anchor="middle"'
+        if vertical
+        else f'x="{x2 - 4:.1f}" y="{y1 - 4:.1f}" text-anchor="end"'
     )
     return (
         f'<line x1="{x1:.1f}" x2="{x2:.1f}" y1="{y1:.1f}" y2="{y2:.1f}" stroke="#c44e52" stroke-dasharray="5,4"/>'
-        f'<text {anchor} text-anchor="end" font-size="11" fill="#c44e52">{html.escape(label)}</text>'
+        f'<text {anchor} font-size="11" fill="#c44e52">{html.escape(label)}</text>'
     )
 
 

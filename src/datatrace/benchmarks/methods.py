@@ -59,7 +59,10 @@ class MethodContext:
 
     @cached_property
     def model(self) -> nn.Module:
-        """The benchmark's model trained on the full training set with ``seed``."""
+        """The benchmark's model trained on the full training set with ``seed``: the last of the
+        :attr:`checkpoints` when the benchmark has them (one training run gives both)."""
+        if self.bench.checkpoints is not None:
+            return self.checkpoints[0][-1]
         return self.bench.train_fn(self.train, self.seed)
 
     @cached_property

@@ -281,10 +281,12 @@ def print_table(result: BenchResult, console=None) -> None:
         caption=caption(result),
         box=box.SIMPLE_HEAD,
         pad_edge=False,
+        show_edge=False,
+        padding=(0, 1, 0, 0),  # one space between columns: the table fits 80 characters
     )
     header, rows = table_rows(result)
     for col in header:
-        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "95% CI")
+        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=True)
     for row in rows:
         table.add_row(*row)
     console.print(table)

@@ -387,6 +387,8 @@ def _one_thread():
 
 # The job of the current pool, inherited by forked workers instead of being pickled.
 _JOB: _Job | None = None
+#: How often an idle worker checks that its parent is still alive (seconds).
+PARENT_CHECK_S = 0.5
 
 
 class _RemoteTraceback(Exception):
@@ -407,7 +409,7 @@ def _local_runs(job: _Job, todo: list[int], workers: int, max_retries: int) -> I
 
     def spawn() -> None:
         parent, child = ctx.Pipe()
-        process = ctx.Process(target=_worker_loop, args=(child,), daemon=True)
+        process = ctx.Process(target=_worker_loop, args=(child, os.getpid()), daemon=True)
         process.start()
         child.close()
         slots[parent] = [process, None]
@@ -469,12 +471,15 @@ def _receive(conn) -> tuple | None:
         return None
 
 
-def _worker_loop(conn) -> None:
+def _worker_loop(conn, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the workers
     torch.set_num_threads(1)
     job = _JOB
     while True:
         try:
+            while not conn.poll(PARENT_CHECK_S):
+                if os.getppid() != parent:  # the parent was killed before it could stop us
+                    return
             run = conn.recv()
         except EOFError:
             return
