@@ -3,8 +3,9 @@
 from ..errors import UnknownOptionError
 from .base import Benchmark, cache_root
 from .digits import DIGITS_LOGREG, DIGITS_MLP
+from .tinylm import TINYLM_FORTUNES, TINYLM_MICRO
 
-BENCHMARKS = {b.name: b for b in (DIGITS_LOGREG, DIGITS_MLP)}
+BENCHMARKS = {b.name: b for b in (DIGITS_LOGREG, DIGITS_MLP, TINYLM_FORTUNES, TINYLM_MICRO)}
 
 
 def get(name: str) -> Benchmark:
