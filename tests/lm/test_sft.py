@@ -43,3 +43,16 @@ def test_lora_sft_attribution_ranks_the_identical_sft_example_first(hf_tokenizer
         ranks = [int((scores[q] > scores[q, i]).sum()) for q, i in enumerate(picks)]
         assert ranks == [0] * len(picks), (type(attr).__name__, ranks)
         assert np.isfinite(scores).all()
+
+
+def test_add_lora_adapts_only_the_chosen_layers_and_starts_at_the_base_model(hf_tokenizer):
+    pytest.importorskip("peft")
+    base = tiny_llama(len(hf_tokenizer))
+    ids = torch.randint(0, 300, (1, 10))
+    with torch.no_grad():
+        before = base(ids).logits
+    model = dt.lm.add_lora(base, rank=2, target_modules=("v_proj",), layers=[1], seed=0)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("layers.1.self_attn.v_proj.lora_" in n for n in trainable)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, before)

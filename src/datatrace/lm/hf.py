@@ -16,7 +16,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..errors import DatatraceError, InputError
@@ -57,9 +56,7 @@ def load_gguf(path: str | os.PathLike, cache_dir: str | os.PathLike | None = Non
     target = _cache_dir(cache_dir) / _cache_key(path)
     if not target.is_dir():
         try:
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                path.parent, gguf_file=path.name, dtype=torch.float32
-            )
+            model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).float()
             tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         except Exception as e:
             raise DatatraceError(
@@ -79,7 +76,7 @@ def load_gguf(path: str | os.PathLike, cache_dir: str | os.PathLike | None = Non
             staging.rename(target)  # atomic: a cache directory is complete or absent
         except OSError:  # another process finished first
             shutil.rmtree(staging, ignore_errors=True)
-    model = transformers.AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(target).float().eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(target)
     check_vocab(model, tokenizer)
     return model, tokenizer

@@ -91,15 +91,32 @@ def sft_corpus(
 
 
 def add_lora(
-    model: nn.Module, rank: int = 8, alpha: float = 16.0, target_modules: Sequence[str] = ("q_proj", "v_proj"), seed=0
+    model: nn.Module,
+    rank: int = 8,
+    alpha: float = 16.0,
+    target_modules: Sequence[str] = ("q_proj", "v_proj"),
+    layers: Sequence[int] | None = None,
+    seed: int = 0,
 ) -> nn.Module:
     """``model`` with LoRA adapters on ``target_modules`` (names of ``nn.Linear`` modules), only adapters trainable.
 
-    The adapters' initialisation is seeded (``lora_B`` starts at zero, so the wrapped model first equals the base
-    model); the global torch RNG is left untouched.
+    Args:
+        model: an HF causal LM.
+        rank, alpha: LoRA rank and scaling (update = alpha/rank · B A).
+        target_modules: module-name suffixes to adapt.
+        layers: indices of the transformer layers to adapt (default: all). Fewer adapted layers = fewer gradient
+            dimensions for attribution.
+        seed: seeds the adapters' initialisation (``lora_B`` starts at zero, so the wrapped model first equals the
+            base model); the global torch RNG is left untouched.
     """
     peft = require("peft")
-    config = peft.LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=0.0)
+    config = peft.LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=list(target_modules),
+        layers_to_transform=None if layers is None else list(layers),
+        lora_dropout=0.0,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return peft.get_peft_model(model, config)
