@@ -6,7 +6,7 @@ it lowers the query's loss-like measurement).
 
 from . import eval, lm
 from ._version import __version__
-from .attributors import TRAK, Attributor, GradCos, GradDot, TracIn
+from .attributors import TRAK, Attributor, GradCos, GradDot, InfluenceFunction, LoGra, TracIn
 from .data import Data
 from .errors import (
     DatatraceError,
@@ -30,6 +30,8 @@ __all__ = [
     "DatatraceWarning",
     "GradCos",
     "GradDot",
+    "InfluenceFunction",
+    "LoGra",
     "InputError",
     "ModelModeError",
     "NonFiniteError",

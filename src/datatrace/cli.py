@@ -27,5 +27,65 @@ def demo(
     run_demo(out, n_subsets=subsets, workers=workers, verbose=not quiet)
 
 
+@app.command()
+def bench(
+    name: str = typer.Argument(None, help="Built-in benchmark, e.g. digits-mlp; omit to list benchmarks and methods."),
+    methods: str = typer.Option("graddot,trak", help="Comma-separated method names, e.g. graddot,tracin,trak,trak-5."),
+    json_out: Path = typer.Option(None, "--json", help="Write the results as JSON here."),
+    report_out: Path = typer.Option(None, "--report", help="Write a self-contained HTML report here."),
+    workers: int = typer.Option(2, min=1, help="Processes retraining for the ground truth (first use only)."),
+    backend: str = typer.Option("local", help="Retraining backend: local or ray."),
+    subsets: int = typer.Option(None, min=2, help="Override the benchmark's number of ground-truth subsets."),
+    measurement: str = typer.Option("loss", help="What is attributed: loss or margin."),
+    correlation: str = typer.Option("spearman", help="LDS correlation: spearman or kendall."),
+    ground_truth: Path = typer.Option(None, help="Use this ground-truth store directory instead of the cache."),
+    quiet: bool = typer.Option(False, help="No progress bars or tables."),
+) -> None:
+    """Run attribution methods on a built-in benchmark: LDS ± CI, noise ceiling, time, memory, storage."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .benchmarks import BENCHMARKS
+    from .benchmarks.methods import method_descriptions
+    from .benchmarks.run import print_table, report_html, run_bench
+    from .errors import DatatraceError
+
+    console = Console(quiet=quiet)
+    if not console.is_terminal:
+        console.width = 120  # logs and pipes: wide enough for the results table
+    if name is None:
+        listing = Table(title="benchmarks and methods (datatrace bench NAME --methods a,b,c)")
+        for col in ("kind", "name", "description"):
+            listing.add_column(col)
+        for b in BENCHMARKS.values():
+            listing.add_row("benchmark", f"{b.name} v{b.version}", b.description)
+        for method, description in sorted(method_descriptions().items()):
+            listing.add_row("method", method, description)
+        console.print(listing)
+        return
+    try:
+        result = run_bench(
+            name,
+            methods,
+            workers=workers,
+            n_subsets=subsets,
+            measurement=measurement,
+            correlation=correlation,
+            backend=backend,
+            ground_truth=ground_truth,
+            verbose=not quiet,
+        )
+    except DatatraceError as e:
+        typer.echo(f"Error: {e}", err=True)
+        raise typer.Exit(2) from e
+    print_table(result, console)
+    if json_out:
+        result.to_json(json_out)
+        console.print(f"results: {json_out}")
+    if report_out:
+        report_out.write_text(report_html(result))
+        console.print(f"report: {report_out}")
+
+
 if __name__ == "__main__":
     app()

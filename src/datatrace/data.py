@@ -28,8 +28,11 @@ class Data:
 
     def __init__(self, source: Sequence[Tensor] | Dataset, name: str = "data"):
         self.name = name
+        #: Positions of these examples in the data they were taken from by :meth:`subset` (``None`` otherwise).
+        self.indices: np.ndarray | None = None
         if isinstance(source, Data):
             self._tensors, self._dataset, self._len = source._tensors, source._dataset, source._len
+            self.indices = source.indices
             return
         if isinstance(source, (tuple, list)):
             tensors = tuple(t if isinstance(t, Tensor) else torch.as_tensor(np.asarray(t)) for t in source)
@@ -71,11 +74,17 @@ class Data:
             yield lo, self.batch(slice(lo, min(lo + batch_size, stop)))
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> Data:
-        """A new :class:`Data` with only the examples at ``indices`` (in that order)."""
+        """A new :class:`Data` with only the examples at ``indices`` (in that order).
+
+        Its ``indices`` attribute records their positions in the original data (composed across nested subsets).
+        """
         idx = np.asarray(indices, dtype=np.int64)
         if self._tensors is not None:
-            return Data(self.batch(idx), name=self.name)
-        return Data(torch.utils.data.Subset(self._dataset, idx.tolist()), name=self.name)
+            out = Data(self.batch(idx), name=self.name)
+        else:
+            out = Data(torch.utils.data.Subset(self._dataset, idx.tolist()), name=self.name)
+        out.indices = idx if self.indices is None else self.indices[idx]
+        return out
 
     def tensors(self) -> Batch:
         """All examples as one batch."""

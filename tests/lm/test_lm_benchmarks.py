@@ -1,19 +1,17 @@
 import numpy as np
-import pytest
-import torch
 
 import datatrace as dt
 from datatrace.benchmarks import get
-from datatrace.benchmarks.tinylm import LMBenchmark, ReplicateRecipe, average_replicates, noise_ceiling
+from datatrace.benchmarks.tinylm import LMBenchmark
 from datatrace.lm.synthetic import synthetic_texts
 
 from .conftest import tiny_gpt
 
-CALLS = []
+SEEDS = []
 
 
 def quick_train(data, seed):
-    CALLS.append(seed)
+    SEEDS.append(seed)
     return dt.lm.train_causal_lm(tiny_gpt(seed), data, steps=4, batch_size=8, seed=seed)
 
 
@@ -23,36 +21,27 @@ def quick_split():
     return docs.subset(range(24)), docs.subset(range(24, 30))
 
 
-def test_replicates_share_subsets_and_use_one_seed_each_for_all_subsets():
-    bench = LMBenchmark("quick", 1, "test", quick_split, quick_train, n_subsets=3, fraction=0.5, replicates=2)
-    CALLS.clear()
-    reps = bench.replicate_ground_truths(verbose=False)
-    assert np.array_equal(reps[0].masks, reps[1].masks)
-    assert len(set(CALLS[:3])) == 1 and len(set(CALLS[3:])) == 1 and CALLS[0] != CALLS[3]  # common random numbers
-    gt = bench.ground_truth(verbose=False)  # cached: nothing retrained
-    assert len(CALLS) == 6
-    np.testing.assert_allclose(gt.measurements, (reps[0].measurements + reps[1].measurements) / 2)
-    assert gt.metadata["replicates"] == 2 and gt.metadata["common_random_numbers"]
-    assert -1 <= noise_ceiling(reps) <= 1
+def test_lm_ground_truth_uses_common_random_numbers_and_keeps_corpora():
+    bench = LMBenchmark("quick", 1, "test", quick_split, quick_train, n_subsets=3, fraction=0.5)
+    SEEDS.clear()
+    gt = bench.ground_truth(verbose=False)
+    assert gt.run_measurements.shape == (3, 2, 6)
+    assert len(set(SEEDS[0::2])) == 1 and len(set(SEEDS[1::2])) == 1 and SEEDS[0] != SEEDS[1]  # one seed per column
+    bench.ground_truth(verbose=False)  # cached: nothing retrained
+    assert len(SEEDS) == 6
+    assert -1 <= dt.eval.noise_ceiling(gt).mean <= 1
     train, query = bench.data()
     assert isinstance(train, dt.lm.Corpus) and isinstance(query, dt.lm.Corpus)
 
 
-def test_replicate_recipe_ignores_the_engines_seed_and_has_a_stable_name():
-    recipe = ReplicateRecipe(quick_train, seed=7)
+def test_training_visits_shared_examples_of_subsets_in_the_same_order():
+    """Common random numbers for the data order: the recipe orders examples by ``dt.eval.data_order``."""
     train, _ = quick_split()
-    a, b = recipe(train, 1), recipe(train, 2)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
-    assert repr(recipe) == "quick_train[seed=7]"
-
-
-def test_averaging_refuses_different_subsets_and_ceiling_needs_two():
-    gt = dt.eval.GroundTruth(np.eye(3, dtype=bool), np.zeros((3, 2)), np.zeros(3))
-    other = dt.eval.GroundTruth(~np.eye(3, dtype=bool), np.zeros((3, 2)), np.zeros(3))
-    with pytest.raises(dt.InputError, match="share their subsets"):
-        average_replicates([gt, other])
-    with pytest.raises(dt.InputError, match="at least 2 replicates"):
-        noise_ceiling([gt])
+    sub = train.subset(np.arange(0, 24, 2))
+    np.testing.assert_array_equal(sub.indices, np.arange(0, 24, 2))
+    full_order = train.indices[dt.eval.data_order(train, 5)]
+    sub_order = sub.indices[dt.eval.data_order(sub, 5)]
+    np.testing.assert_array_equal(full_order[np.isin(full_order, sub.indices)], sub_order)
 
 
 def test_registered_lm_benchmarks():
@@ -60,5 +49,6 @@ def test_registered_lm_benchmarks():
     train, query = micro.data()
     assert (len(train), len(query)) == (500, 100) and train.ids[0].startswith("t")
     assert isinstance(micro.task, dt.lm.CausalLMTask) and micro.fraction == 0.3
+    assert micro.seeds_per_subset == 2 and micro.common_random_numbers
     fortunes = get("tinylm-fortunes")
-    assert fortunes.n_subsets >= 64 and fortunes.fraction == 0.3 and fortunes.replicates == 2
+    assert fortunes.n_subsets >= 64 and fortunes.fraction == 0.3 and fortunes.seeds_per_subset == 2

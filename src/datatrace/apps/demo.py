@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
@@ -19,6 +18,7 @@ from ..attributors import TRAK, GradCos
 from ..benchmarks import get
 from ..eval import lds
 from . import report
+from .report import plain as _plain
 
 METHODS = {"TRAK": TRAK, "Grad-Cos": GradCos}
 
@@ -142,14 +142,3 @@ def _report_html(train, query, probs, scores, results, n_cards, top, accuracy, n
         card.append("</div></div></div>")
         body.append("".join(card))
     return report.page("datatrace demo — digits MLP", "".join(body))
-
-
-def _plain(obj: Any) -> Any:
-    """Convert to YAML-safe builtins (tuples → lists, numpy scalars → Python)."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj if isinstance(obj, (int, float, str, bool, type(None))) else repr(obj)

@@ -7,6 +7,7 @@ import html
 import struct
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,7 @@ table{border-collapse:collapse}td,th{padding:.3rem .6rem;border-bottom:1px solid
 .row{display:flex;gap:.6rem;flex-wrap:wrap;align-items:flex-start}
 .method{display:grid;grid-template-columns:1fr 1fr;gap:1.5rem;margin-bottom:.8rem}
 .ex{text-align:center;font-size:.75rem}.ex img{image-rendering:pixelated;border:1px solid #999;display:block}
+.left td,.left th{text-align:left}
 .pro{color:#1a7f37}.opp{color:#b3261e}.note{color:#666;font-size:.85rem}
 """
 
@@ -49,10 +51,15 @@ def bar_chart_svg(
     title: str = "",
     width: int = 520,
     bar_height: int = 28,
+    reference: tuple[float, str] | None = None,
 ) -> str:
-    """Horizontal bar chart with optional interval whiskers, as an inline SVG string (values in [−1, 1] or wider)."""
-    lo = min(0.0, *values, *(i[0] for i in intervals or []))
-    hi = max(0.0, *values, *(i[1] for i in intervals or []), 1e-9)
+    """Horizontal bar chart with optional interval whiskers, as an inline SVG string (values in [−1, 1] or wider).
+
+    ``reference=(value, label)`` adds a dashed vertical line, e.g. a noise ceiling.
+    """
+    extra = [reference[0]] if reference and np.isfinite(reference[0]) else []
+    lo = min(0.0, *values, *(i[0] for i in intervals or []), *extra)
+    hi = max(0.0, *values, *(i[1] for i in intervals or []), *extra, 1e-9)
     left, right, top = 140, 30, 30
     span = width - left - right
 
@@ -77,6 +84,8 @@ def bar_chart_svg(
         parts.append(f'<text x="{x(v) + 4:.1f}" y="{y - 2}" font-size="11">{v:.3f}</text>')
     height = top + len(values) * (bar_height + 8) + 10
     parts.append(f'<line x1="{x(0):.1f}" x2="{x(0):.1f}" y1="{top - 4}" y2="{height - 8}" stroke="#888"/>')
+    if extra:
+        parts.append(_reference_line(x(extra[0]), x(extra[0]), top - 4, height - 8, reference[1], vertical=True))
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">{"".join(parts)}</svg>'
     )
@@ -90,7 +99,100 @@ def page(title: str, body: str) -> str:
     )
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+def table(header: Sequence[str], rows: Sequence[Sequence[object]], align: str = "right") -> str:
+    """An HTML table of escaped cells; ``align="left"`` for text columns."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    style = "" if align == "right" else f' class="{align}"'
+    return f"<table{style}><tr>{head}</tr>{body}</table>"
+
+
+def _reference_line(x1: float, x2: float, y1: float, y2: float, label: str, vertical: bool) -> str:
+    anchor = (
+        f'x="{x1 + 4:.1f}" y="{y1 + 10:.1f}"' if vertical else f'x="{x2 - 4:.1f}" y="{y1 - 4:.1f}" text-anchor="end"'
+    )
+    return (
+        f'<line x1="{x1:.1f}" x2="{x2:.1f}" y1="{y1:.1f}" y2="{y2:.1f}" stroke="#c44e52" stroke-dasharray="5,4"/>'
+        f'<text {anchor} text-anchor="end" font-size="11" fill="#c44e52">{html.escape(label)}</text>'
+    )
+
+
+def scatter_svg(
+    xs: Sequence[float],
+    ys: Sequence[float],
+    labels: Sequence[str],
+    x_label: str = "",
+    y_label: str = "",
+    title: str = "",
+    log_x: bool = True,
+    reference: tuple[float, str] | None = None,
+    width: int = 520,
+    height: int = 340,
+) -> str:
+    """Labelled scatter plot as an inline SVG string; ``reference=(y, label)`` adds a dashed horizontal line."""
+    left, right, top, bottom = 60, 30, 34, 44
+    tx = np.log10(np.maximum(np.asarray(xs, dtype=float), 1e-9)) if log_x else np.asarray(xs, dtype=float)
+    extra = [reference[0]] if reference and np.isfinite(reference[0]) else []
+    x_lo, x_hi = float(tx.min()), float(tx.max())
+    y_lo, y_hi = min(0.0, *ys, *extra), max(*ys, *extra, 1e-9)
+    x_pad, y_pad = max(x_hi - x_lo, 1e-9) * 0.1 + (0.5 if x_hi == x_lo else 0), (y_hi - y_lo) * 0.08 or 0.1
+    x_lo, x_hi, y_lo, y_hi = x_lo - x_pad, x_hi + x_pad, y_lo - y_pad, y_hi + y_pad
+
+    def px(v: float) -> float:
+        return left + (v - x_lo) / (x_hi - x_lo) * (width - left - right)
+
+    def py(v: float) -> float:
+        return height - bottom - (v - y_lo) / (y_hi - y_lo) * (height - top - bottom)
+
+    parts = [
+        f'<text x="{left}" y="18" font-size="14" font-weight="bold">{html.escape(title)}</text>',
+        f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
+        'fill="none" stroke="#888"/>',
+        f'<text x="{(width + left - right) / 2:.0f}" y="{height - 8}" font-size="12" text-anchor="middle">'
+        f"{html.escape(x_label)}</text>",
+        f'<text x="14" y="{(height + top - bottom) / 2:.0f}" font-size="12" text-anchor="middle" '
+        f'transform="rotate(-90 14 {(height + top - bottom) / 2:.0f})">{html.escape(y_label)}</text>',
+    ]
+    if log_x:
+        decades = range(int(np.floor(x_lo)), int(np.ceil(x_hi)) + 1)
+        x_ticks = [np.log10(m * 10.0**e) for e in decades for m in (1, 2, 5)]
+    else:
+        x_ticks = list(nice_ticks(x_lo, x_hi))
+    for t in (t for t in x_ticks if x_lo <= t <= x_hi):
+        text = f"{10**t:g}" if log_x else f"{t:g}"
+        parts.append(
+            f'<text x="{px(t):.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle">{text}</text>'
+        )
+    for t in nice_ticks(y_lo, y_hi):
+        parts.append(f'<text x="{left - 4}" y="{py(t) + 3:.1f}" font-size="10" text-anchor="end">{t:g}</text>')
+    if extra:
+        parts.append(_reference_line(left, width - right, py(extra[0]), py(extra[0]), reference[1], vertical=False))
+    for v, y, label in zip(tx, ys, labels):
+        parts.append(f'<circle cx="{px(v):.1f}" cy="{py(y):.1f}" r="5" fill="#4c72b0"/>')
+        parts.append(f'<text x="{px(v) + 7:.1f}" y="{py(y) - 6:.1f}" font-size="11">{html.escape(label)}</text>')
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">{"".join(parts)}</svg>'
+    )
+
+
+def nice_ticks(lo: float, hi: float, target: int = 5) -> np.ndarray:
+    """Round tick values (multiples of 1, 2 or 5 × 10^e) inside [lo, hi], about ``target`` of them."""
+    raw = (hi - lo) / target
+    base = 10.0 ** np.floor(np.log10(raw))
+    step = next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
+    return np.round(np.arange(np.ceil(lo / step) * step, hi + step * 1e-9, step), 10) + 0.0  # no "-0"
+
+
+def plain(obj: Any) -> Any:
+    """Convert to JSON/YAML-safe builtins (tuples → lists, numpy scalars and arrays → Python, other → repr)."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj if isinstance(obj, (int, float, str, bool, type(None))) else repr(obj)

@@ -2,6 +2,8 @@
 
 from .base import Attributor
 from .gradient import GradCos, GradDot, TracIn
+from .influence import InfluenceFunction
+from .logra import LoGra
 from .trak import TRAK
 
-__all__ = ["Attributor", "GradCos", "GradDot", "TRAK", "TracIn"]
+__all__ = ["Attributor", "GradCos", "GradDot", "InfluenceFunction", "LoGra", "TRAK", "TracIn"]

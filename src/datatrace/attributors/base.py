@@ -65,6 +65,9 @@ class Attributor:
     """
 
     method = "attributor"
+    #: Hyperparameters that change the scores but not the stored training features (left out of the store header,
+    #: so that one feature store serves every value of them).
+    score_only_params: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -191,7 +194,8 @@ class Attributor:
             yield off, to_device(batch, device)
 
     def _fit_store(self, index: int, model: nn.Module, data: Data) -> Store:
-        hyper = {k: v for k, v in self.get_params().items() if k not in EXECUTION_PARAMS}
+        skip = (*EXECUTION_PARAMS, *self.score_only_params)
+        hyper = {k: v for k, v in self.get_params().items() if k not in skip}
         meta = {
             "method": self.method,
             "member": index,

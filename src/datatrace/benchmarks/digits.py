@@ -6,15 +6,11 @@ Both recipes are deterministic given the seed passed to ``train_fn``.
 
 from __future__ import annotations
 
-import copy
-
-import numpy as np
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data import Data
 from .base import Benchmark
+from .recipes import fit_adam_full_batch, fit_lbfgs, seeded, split
 
 N_TRAIN, N_QUERY = 1000, 100
 
@@ -24,43 +20,21 @@ def digits_split(n_train: int = N_TRAIN, n_query: int = N_QUERY) -> tuple[tuple,
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
-    order = np.random.default_rng(0).permutation(len(x))
-    x = torch.tensor(x[order] / 16.0, dtype=torch.float32)
-    y = torch.tensor(y[order], dtype=torch.long)
-    q = slice(n_train, n_train + n_query)
-    return (x[:n_train], y[:n_train]), (x[q], y[q])
+    return split(x / 16.0, y, n_train, n_query)
 
 
 def logreg(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Linear(64, 10)
+    return seeded(lambda: nn.Linear(64, 10), seed)
 
 
 def mlp(seed: int = 0, hidden: int = 64) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+    return seeded(lambda: nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10)), seed)
 
 
 def train_logreg(data: Data, seed: int, l2: float = 1e-3) -> nn.Module:
     """L2-regularised multinomial logistic regression, trained to convergence with L-BFGS (convex: seed-free)."""
     x, y = data.tensors()
-    model = logreg(seed)
-    opt = torch.optim.LBFGS(
-        model.parameters(),
-        max_iter=500,
-        tolerance_grad=1e-9,
-        tolerance_change=1e-12,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y) + 0.5 * l2 * sum((p**2).sum() for p in model.parameters())
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return model.eval()
+    return fit_lbfgs(logreg(seed), x, y, l2)
 
 
 def train_mlp(data: Data, seed: int, steps: int = 300, lr: float = 1e-2, l2: float = 1e-3) -> nn.Module:
@@ -73,31 +47,32 @@ def train_mlp_checkpoints(
 ) -> list[nn.Module]:
     """The :func:`train_mlp` run, keeping a copy of the model every ``steps / n_checkpoints`` steps (last = final)."""
     x, y = data.tensors()
-    model = mlp(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    checkpoints = []
-    for step in range(1, steps + 1):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y) + 0.5 * l2 * sum((p**2).sum() for p in model.parameters())
-        loss.backward()
-        opt.step()
-        if step * n_checkpoints % steps == 0:
-            checkpoints.append(copy.deepcopy(model).eval())
-    return checkpoints
+    return fit_adam_full_batch(mlp(seed), x, y, steps, lr, l2, n_checkpoints)
 
+
+def mlp_checkpoints(data: Data, seed: int) -> tuple[list[nn.Module], list[float]]:
+    """Three checkpoints of the :func:`train_mlp` run and the (constant) Adam learning rate after each, for TracIn."""
+    return train_mlp_checkpoints(data, seed, 3), [1e-2] * 3
+
+
+#: Ground truth of version 2: two seeds per subset (for the noise ceiling) with common random numbers.
+GROUND_TRUTH = {"n_subsets": 64, "fraction": 0.5, "seeds_per_subset": 2, "common_random_numbers": True}
 
 DIGITS_LOGREG = Benchmark(
     name="digits-logreg",
-    version=1,
+    version=2,
     description="sklearn digits, 1,000 train / 100 queries, L2 logistic regression (L-BFGS)",
     load=digits_split,
     train_fn=train_logreg,
+    **GROUND_TRUTH,
 )
 
 DIGITS_MLP = Benchmark(
     name="digits-mlp",
-    version=1,
+    version=2,
     description="sklearn digits, 1,000 train / 100 queries, MLP 64-64-10 (full-batch Adam, 300 steps)",
     load=digits_split,
     train_fn=train_mlp,
+    checkpoints=mlp_checkpoints,
+    **GROUND_TRUTH,
 )

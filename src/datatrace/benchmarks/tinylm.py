@@ -4,8 +4,8 @@
 characters, ``ascii-art`` excluded, shuffled with seed 0, each cut to its first 64 byte tokens incl. ``<bos>``)
 and 200 held-out documents as queries (measurement: their mean next-byte NLL). Model: :class:`TinyGPT` (138k
 parameters), 300 AdamW steps of 32 documents. Ground truth (the STRIDE protocol): 64 random 30% subsets, each
-retrained from scratch with 2 seeds using common random numbers (replicate r uses the same initialisation and
-data-order seed on every subset), measurements averaged over the seeds. Cost: 128 trainings of ≈ 10–15 s on one
+retrained from scratch with 2 seeds using common random numbers (run r of every subset uses the same
+initialisation and data-order seed), measurements averaged over the seeds. Cost: 128 trainings of ≈ 10–15 s on one
 thread each, ≈ 30 min on one core or ≈ 15 min with ``workers=2``, cached after the first run.
 
 ``tinylm-micro``: the same protocol on a synthetic topic corpus generated in code (:mod:`datatrace.lm.synthetic`;
@@ -15,98 +15,33 @@ no system package needed), 500 training / 100 query documents, a 44k-parameter T
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from torch import nn
 
-from .._utils import derive_seed
 from ..data import Data
-from ..errors import InputError
-from ..eval.metrics import spearman_columns
-from ..eval.retrain import GroundTruth, subset_retraining
 from ..lm import ByteTokenizer, CausalLMTask, Corpus, TinyGPT, corpus, load_fortunes, train_causal_lm
 from ..lm.synthetic import synthetic_texts
 from ..task import Task
-from .base import Benchmark, cache_root
-
-
-@dataclass(frozen=True)
-class ReplicateRecipe:
-    """``train_fn`` with the seed fixed to ``seed`` whatever seed it is called with (common random numbers)."""
-
-    train_fn: Callable[[Data, int], nn.Module]
-    seed: int
-
-    def __call__(self, data: Data, seed: int) -> nn.Module:
-        return self.train_fn(data, self.seed)
-
-    def __repr__(self) -> str:  # stable across processes: it is part of the ground-truth cache header
-        return f"{self.train_fn.__qualname__}[seed={self.seed}]"
+from .base import Benchmark
 
 
 @dataclass(frozen=True)
 class LMBenchmark(Benchmark):
-    """A :class:`Benchmark` whose data are :class:`~datatrace.lm.Corpus` objects and whose ground truth averages
-    ``replicates`` retrainings per subset with common random numbers.
+    """A :class:`Benchmark` whose data are :class:`~datatrace.lm.Corpus` objects (token ids + loss mask, with the
+    texts that surface baselines need), scored with :class:`~datatrace.lm.CausalLMTask`.
 
-    Replicate r trains every subset with the same seed ``derive_seed(seed, "replicate", r)`` (initialisation and
-    data order), so differences between subsets come from the data, not from the seed; the same subsets are used
-    for every replicate. The averaged measurement has less retraining noise; :func:`noise_ceiling` reports how
-    much is left.
+    Ground truth defaults to 2 seeds per subset with common random numbers (the noise ceiling needs ≥ 2 seeds, and
+    shared seeds make subsets differ by their data only).
     """
 
     task: Task = field(default_factory=CausalLMTask)
-    replicates: int = 2
+    seeds_per_subset: int = 2
+    common_random_numbers: bool = True
 
     def data(self) -> tuple[Corpus, Corpus]:
         return self.load()
-
-    def replicate_ground_truths(
-        self, workers: int = 1, n_subsets: int | None = None, seed: int = 0, cache: bool = True, verbose: bool = True
-    ) -> list[GroundTruth]:
-        """One ground truth per replicate (same subsets), each cached separately."""
-        train, query = self.data()
-        n_subsets = n_subsets or self.n_subsets
-        out = []
-        for r in range(self.replicates):
-            recipe = ReplicateRecipe(self.train_fn, derive_seed(seed, "replicate", r) % 2**31)
-            key = f"{self.name}-v{self.version}-{n_subsets}x{self.fraction}-seed{seed}-replicate{r}"
-            path = cache_root() / "ground-truth" / key if cache else None
-            out.append(
-                subset_retraining(
-                    recipe, train, query, self.task, n_subsets, self.fraction, seed, workers, path, verbose
-                )
-            )
-        return out
-
-    def ground_truth(
-        self, workers: int = 1, n_subsets: int | None = None, seed: int = 0, cache: bool = True, verbose: bool = True
-    ) -> GroundTruth:
-        """Subset-retraining ground truth with measurements averaged over the replicates."""
-        return average_replicates(self.replicate_ground_truths(workers, n_subsets, seed, cache, verbose))
-
-
-def noise_ceiling(replicates: list[GroundTruth]) -> float:
-    """Mean over queries of the Spearman correlation (over subsets) between the measurements of replicates 0 and 1.
-
-    An attributor's LDS against one replicate can hardly exceed it; against the average of R replicates the
-    ceiling is somewhat higher.
-    """
-    if len(replicates) < 2:
-        raise InputError("The noise ceiling needs at least 2 replicates.")
-    return float(np.nanmean(spearman_columns(replicates[0].measurements, replicates[1].measurements)))
-
-
-def average_replicates(replicates: list[GroundTruth]) -> GroundTruth:
-    """One :class:`GroundTruth` from replicates over the same subsets, measurements averaged."""
-    first = replicates[0]
-    if any(not np.array_equal(g.masks, first.masks) for g in replicates):
-        raise InputError("Replicates must share their subsets.")
-    meta = dict(first.metadata) | {"replicates": len(replicates), "common_random_numbers": True}
-    meta["train_fn"] = [g.metadata.get("train_fn") for g in replicates]
-    return GroundTruth(first.masks, np.mean([g.measurements for g in replicates], axis=0), first.seeds, meta)
 
 
 # -- tinylm-fortunes ----------------------------------------------------------------------------------------------
@@ -135,7 +70,7 @@ def train_fortunes_gpt(data: Data, seed: int) -> nn.Module:
 
 TINYLM_FORTUNES = LMBenchmark(
     name="tinylm-fortunes",
-    version=1,
+    version=2,
     description="Debian fortunes, 2,000 train / 200 query documents (64 bytes), TinyGPT 138k params from scratch",
     load=fortunes_split,
     train_fn=train_fortunes_gpt,
@@ -167,7 +102,7 @@ def train_micro_gpt(data: Data, seed: int) -> nn.Module:
 
 TINYLM_MICRO = LMBenchmark(
     name="tinylm-micro",
-    version=1,
+    version=2,
     description="synthetic topic corpus, 500 train / 100 query documents, TinyGPT 44k params from scratch",
     load=micro_split,
     train_fn=train_micro_gpt,

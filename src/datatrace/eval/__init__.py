@@ -1,16 +1,59 @@
-"""Evaluation: ground truth by subset retraining and the metrics computed against it."""
+"""Evaluation: ground truth by retraining (subsets, leave-one-out, removal) and the metrics computed against it."""
 
-from .metrics import LDSResult, bootstrap_ci, lds, pearson_columns, predicted_outputs, spearman_columns
-from .retrain import GroundTruth, measure, subset_masks, subset_retraining
+from .loo import LOOGroundTruth, loo_retraining
+from .metrics import (
+    LDS,
+    LDSResult,
+    LOOCorrelation,
+    MetricResult,
+    NoiseCeiling,
+    QueryMetric,
+    Retrieval,
+    RetrievalResult,
+    bootstrap_ci,
+    correlate_columns,
+    kendall_columns,
+    lds,
+    loo_correlation,
+    noise_ceiling,
+    pearson_columns,
+    predicted_outputs,
+    retrieval,
+    spearman_columns,
+)
+from .mislabel import MislabelResult, flip_labels, mislabel_detection, mislabel_experiment
+from .removal import RemovalCurve, removal_curve
+from .retrain import GroundTruth, data_order, measure, subset_masks, subset_retraining
 
 __all__ = [
+    "LDS",
     "GroundTruth",
     "LDSResult",
+    "LOOCorrelation",
+    "LOOGroundTruth",
+    "MetricResult",
+    "MislabelResult",
+    "NoiseCeiling",
+    "QueryMetric",
+    "RemovalCurve",
+    "Retrieval",
+    "RetrievalResult",
     "bootstrap_ci",
+    "correlate_columns",
+    "data_order",
+    "flip_labels",
+    "kendall_columns",
     "lds",
+    "loo_correlation",
+    "loo_retraining",
     "measure",
+    "mislabel_detection",
+    "mislabel_experiment",
+    "noise_ceiling",
     "pearson_columns",
     "predicted_outputs",
+    "removal_curve",
+    "retrieval",
     "spearman_columns",
     "subset_masks",
     "subset_retraining",

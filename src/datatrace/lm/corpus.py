@@ -61,7 +61,9 @@ class Corpus(Data):
         idx = np.asarray(indices, dtype=np.int64)
         input_ids, loss_mask = self.batch(idx)
         ids, texts = [self.ids[i] for i in idx], [self.texts[i] for i in idx]
-        return Corpus(input_ids, loss_mask, ids, texts, self.tokenizer, self.name)
+        out = Corpus(input_ids, loss_mask, ids, texts, self.tokenizer, self.name)
+        out.indices = idx if self.indices is None else self.indices[idx]
+        return out
 
     def __repr__(self) -> str:
         t = self.tensors()[0].shape[1]

@@ -56,7 +56,7 @@ def load_gguf(path: str | os.PathLike, cache_dir: str | os.PathLike | None = Non
     target = _cache_dir(cache_dir) / _cache_key(path)
     if not target.is_dir():
         try:
-            model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name).float()
+            model = _plain_float32(transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name))
             tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         except Exception as e:
             raise DatatraceError(
@@ -64,10 +64,6 @@ def load_gguf(path: str | os.PathLike, cache_dir: str | os.PathLike | None = Non
                 f"{package_versions()}. Newer transformers/gguf releases support more architectures and "
                 "quantisation types."
             ) from e
-        # The weights are plain float32 now; drop the GGUF markers so transformers saves them as safetensors.
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.hf_quantizer = None
         staging = target.with_name(f"{target.name}.tmp-{os.getpid()}")
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
@@ -80,6 +76,21 @@ def load_gguf(path: str | os.PathLike, cache_dir: str | os.PathLike | None = Non
     tokenizer = transformers.AutoTokenizer.from_pretrained(target)
     check_vocab(model, tokenizer)
     return model, tokenizer
+
+
+def _plain_float32(model: nn.Module) -> nn.Module:
+    """A GGUF-loaded model as an ordinary float32 model.
+
+    transformers dequantises GGUF tensors on load but keeps the GGUF quantiser attached, which makes the model refuse
+    ``.float()`` (transformers ≥ 5) and save a ``quantization_config``. The weights are plain tensors by then, so the
+    markers are dropped before the cast and the save.
+    """
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    if "is_quantized" in vars(model):  # transformers 4.x stores it as an attribute (a property in 5.x)
+        model.is_quantized = False
+    return model.float()
 
 
 def smollm2(cache_dir: str | os.PathLike | None = None) -> tuple[nn.Module, Any]:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from .._utils import model_device, track
 from ..data import Data, as_data, to_device
 from ..errors import InputError
+from ..eval.retrain import data_order
 from .task import CausalLMTask
 
 
@@ -36,7 +37,9 @@ def train_causal_lm(
         lr: peak learning rate, reached after linear warm-up over ``warmup · steps`` steps, then cosine decay to 0.
         weight_decay: AdamW decoupled weight decay of parameters with ≥ 2 dimensions (weights, embeddings); biases
             and norm gains are not decayed.
-        seed: seeds the example order (the initialisation is the model's own business).
+        seed: seeds the example order, a fresh one every epoch (:func:`~datatrace.eval.data_order`: subsets of one
+            training set trained with the same seed visit their shared examples in the same relative order, the
+            data-order half of common random numbers). The initialisation is the model's own business.
         verbose: progress bar.
 
     Returns:
@@ -58,13 +61,14 @@ def train_causal_lm(
         opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))
     )
     task, device = CausalLMTask(), model_device(model)
-    gen = torch.Generator().manual_seed(seed)
-    order, pos = torch.randperm(len(data), generator=gen), 0
+    epoch, pos = 0, 0
+    order = data_order(data, seed, epoch)
     model.train()
     for _ in track(range(steps), "training", steps, verbose):
         if pos + batch_size > len(order):
-            order, pos = torch.randperm(len(data), generator=gen), 0
-        batch = to_device(data.batch(order[pos : pos + batch_size].numpy()), device)
+            epoch, pos = epoch + 1, 0
+            order = data_order(data, seed, epoch)
+        batch = to_device(data.batch(order[pos : pos + batch_size]), device)
         pos += batch_size
         loss = task.loss(model, batch).mean()
         opt.zero_grad(set_to_none=True)
