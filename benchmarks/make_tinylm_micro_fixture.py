@@ -2,13 +2,13 @@
 
     python benchmarks/make_tinylm_micro_fixture.py [--workers 2] [--out tests/fixtures/lm/tinylm-micro]
 
-Runs the benchmark's 32 subsets × 2 common-random-number replicates (64 trainings of ≈ 4 s on one thread; ≈ 3 min
-with 2 workers) and trains the full-data model with seed 0. Files:
+Runs the benchmark's ground truth, 32 subsets × 2 seeds with common random numbers (64 trainings of ≈ 4 s on one
+thread; ≈ 3 min with 2 workers), and trains the full-data model with seed 0. Files:
 
-- ``masks.npy`` (32 × 500 bool) and ``measurements.npy`` (2 replicates × 32 subsets × 100 queries, float32);
+- ``masks.npy`` (32 × 500 bool) and ``run_measurements.npy`` (32 subsets × 2 seeds × 100 queries, float32);
 - ``model.safetensors``: the full-data model (what the attribution test explains);
 - ``meta.json``: benchmark name/version, the training and query fingerprints (the test refuses a fixture whose
-  corpus no longer matches the code that generates it) and the replicate seeds.
+  corpus no longer matches the code that generates it) and the training seeds of the two runs per subset.
 
 The test (tests/lm/test_micro_benchmark.py) uses these instead of retraining, so CI checks LM attribution quality
 in seconds without depending on bit-exact retraining across machines.
@@ -39,19 +39,21 @@ def main() -> None:
     bench = get("tinylm-micro")
     train, query = bench.data()
     start = time.perf_counter()
-    replicates = bench.replicate_ground_truths(workers=args.workers, cache=False)
+    gt = bench.ground_truth(workers=args.workers, cache=False)
     retrain_s = time.perf_counter() - start
     model = bench.model(seed=0)
     args.out.mkdir(parents=True, exist_ok=True)
-    np.save(args.out / "masks.npy", replicates[0].masks)
-    np.save(args.out / "measurements.npy", np.stack([g.measurements for g in replicates]).astype(np.float32))
+    for old in args.out.glob("*.npy"):
+        old.unlink()
+    np.save(args.out / "masks.npy", gt.masks)
+    np.save(args.out / "run_measurements.npy", gt.run_measurements.astype(np.float32))
     save_model(model, str(args.out / "model.safetensors"))
     meta = {
         "benchmark": bench.name,
         "version": bench.version,
         "train_fingerprint": train.fingerprint(),
         "query_fingerprint": query.fingerprint(),
-        "replicate_train_fns": [g.metadata["train_fn"] for g in replicates],
+        "run_seeds": gt.seeds[0].tolist(),
         "model_seed": 0,
         "retraining_seconds": round(retrain_s, 1),
         "workers": args.workers,

@@ -1,6 +1,6 @@
 """LM attribution quality on tinylm-micro against its shipped ground truth (tests/fixtures/lm/tinylm-micro).
 
-The fixture (32 subsets × 2 common-random-number replicates, and the full-data model) was written by
+The fixture (32 subsets × 2 seeds with common random numbers, and the full-data model) was written by
 ``python benchmarks/make_tinylm_micro_fixture.py``; nothing is retrained here.
 """
 
@@ -13,7 +13,7 @@ from safetensors.torch import load_model
 
 import datatrace as dt
 from datatrace.benchmarks import get
-from datatrace.benchmarks.tinylm import micro_gpt, noise_ceiling
+from datatrace.benchmarks.tinylm import micro_gpt
 from datatrace.eval import GroundTruth
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "lm" / "tinylm-micro"
@@ -29,18 +29,19 @@ def micro():
         "The synthetic corpus changed: regenerate the fixture with benchmarks/make_tinylm_micro_fixture.py."
     )
     masks = np.load(FIXTURE / "masks.npy", allow_pickle=False)
-    measurements = np.load(FIXTURE / "measurements.npy", allow_pickle=False)
-    replicates = [GroundTruth(masks, m, np.zeros(len(masks))) for m in measurements]
+    runs = np.load(FIXTURE / "run_measurements.npy", allow_pickle=False)
+    gt = GroundTruth(masks, runs.mean(axis=1), np.array([meta["run_seeds"]] * len(masks)), run_measurements=runs)
     model = micro_gpt()
     load_model(model, str(FIXTURE / "model.safetensors"))
-    return bench, train, query, model.eval(), replicates
+    return bench, train, query, model.eval(), gt
 
 
 def test_fixture_is_small_and_has_signal(micro):
-    _, train, query, _, replicates = micro
+    _, train, query, _, gt = micro
     assert sum(p.stat().st_size for p in FIXTURE.iterdir()) < 1_000_000
-    assert replicates[0].masks.shape == (32, len(train)) and (replicates[0].masks.sum(1) == 150).all()
-    assert noise_ceiling(replicates) > 0.6  # measured 0.730
+    assert gt.masks.shape == (32, len(train)) and (gt.masks.sum(1) == 150).all()
+    assert gt.run_measurements.shape == (32, 2, len(query))
+    assert dt.eval.noise_ceiling(gt).mean > CEILING_FLOOR
 
 
 @pytest.mark.parametrize(
@@ -56,8 +57,7 @@ def test_fixture_is_small_and_has_signal(micro):
     ],
 )
 def test_lds_floor(micro, name, make, floor):
-    bench, train, query, model, replicates = micro
-    gt = dt.benchmarks.tinylm.average_replicates(replicates)
+    bench, train, query, model, gt = micro
     result = dt.eval.lds(make(model, bench.task).fit(train).score(query), gt)
     assert result.mean >= floor, str(result)
     assert result.ci[0] >= floor - 0.05, str(result)

@@ -91,3 +91,29 @@ def test_hf_vocabulary_mismatch_is_refused():
     ids, mask = prompt_batch(vocab=300)
     with pytest.raises(dt.InputError, match="vocabulary of 100"):
         dt.lm.CausalLMTask().loss(model, (ids, mask))
+
+
+def test_sampled_hessian_factors_are_unbiased_for_the_exact_loss_hessian():
+    """E[L Lᵀ] = ∇²_z L per example (block-diagonal over positions, masked positions zero): KFAC/EK-FAC on LMs."""
+    from datatrace.attributors.hessian import OutputSplit, _Fixed
+
+    model = dt.lm.TinyGPT(vocab_size=5, context=8, width=8, depth=1, heads=2, seed=0)
+    input_ids = torch.randint(0, 5, (3, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, 6)
+    mask[:, :2], mask[2, 4:] = 0, 0  # a prompt, and padding
+    batch, task = (input_ids, mask), dt.lm.CausalLMTask()
+    z = OutputSplit(model, task, batch).forward().detach().double()
+    exact = torch.stack(
+        [
+            torch.func.hessian(lambda f: task.loss(_Fixed(f.view(1, 6, 5)), (input_ids[i : i + 1], mask[i : i + 1])))(
+                z[i].reshape(-1)
+            )[0]
+            for i in range(3)
+        ]
+    )
+    task.fisher_samples = 20_000
+    factors = task.sampled_output_hessian_factors(z, batch)
+    assert factors.shape == (3, 30, 20_000)
+    torch.testing.assert_close(task.sampled_output_hessian_factors(z, batch), factors)  # seeded by the batch
+    estimate = factors @ factors.transpose(1, 2)
+    assert (estimate - exact).abs().max() < 0.03 * exact.abs().max()  # Monte Carlo error ≈ 1/√20,000 relative

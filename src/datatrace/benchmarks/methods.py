@@ -24,7 +24,8 @@ import numpy as np
 from torch import nn
 
 from .._utils import derive_seed
-from ..attributors import TRAK, GradCos, GradDot, TracIn
+from ..attributors import TRAK, GradCos, GradDot, InfluenceFunction, LoGra, TracIn
+from ..attributors.kfac import SUPPORTED
 from ..data import Data
 from ..errors import InputError, UnknownOptionError
 from ..task import Task
@@ -175,3 +176,27 @@ register_family(
     "TRAK averaged over {k} models, each trained on a random half of the data",
     lambda ctx, k, **o: TRAK(ctx.models(k), ctx.task, **o),
 )
+
+
+def layer_params(model: nn.Module) -> list[str]:
+    """Parameters of the model's ``nn.Linear`` / ``nn.Conv2d`` layers: what KFAC, EK-FAC and LoGra can factor
+    (all of an MLP or CNN; the attention, MLP and unembedding matrices of a transformer, not its embeddings and norms).
+    """
+    return [
+        f"{m}.{p}" for m, mod in model.named_modules() if isinstance(mod, SUPPORTED) for p, _ in mod.named_parameters()
+    ]
+
+
+register(
+    "logra",
+    "LoGra (rank 64 per side, EK-FAC in the projected space) on the final model's linear/conv layers",
+    lambda ctx, **o: LoGra(ctx.model, ctx.task, params=layer_params(ctx.model), **o),
+)
+for _solver in ("ekfac", "kfac"):
+    register(
+        f"if-{_solver}",
+        f"Influence function, {_solver.upper()} Gauss–Newton Hessian of the final model's linear/conv layers",
+        lambda ctx, _s=_solver, **o: InfluenceFunction(
+            ctx.model, ctx.task, solver=_s, params=layer_params(ctx.model), **o
+        ),
+    )

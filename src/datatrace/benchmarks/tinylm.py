@@ -21,10 +21,22 @@ import numpy as np
 from torch import nn
 
 from ..data import Data
-from ..lm import ByteTokenizer, CausalLMTask, Corpus, TinyGPT, corpus, load_fortunes, train_causal_lm
+from ..errors import InputError
+from ..lm import (
+    BM25,
+    ByteTokenizer,
+    CausalLMTask,
+    Corpus,
+    TfidfSimilarity,
+    TinyGPT,
+    corpus,
+    load_fortunes,
+    train_causal_lm,
+)
 from ..lm.synthetic import synthetic_texts
 from ..task import Task
 from .base import Benchmark
+from .methods import MethodContext, register
 
 
 @dataclass(frozen=True)
@@ -109,3 +121,21 @@ TINYLM_MICRO = LMBenchmark(
     n_subsets=32,
     fraction=0.3,
 )
+
+
+# -- surface-similarity baselines (every LM table includes them) ---------------------------------------------------
+def surface_method(make):
+    """A method factory for a text-only baseline: it needs the benchmark's texts, not its model."""
+
+    def build(ctx: MethodContext, **options):
+        if not isinstance(ctx.train, Corpus):
+            raise InputError(f"Surface baselines compare texts; benchmark {ctx.bench.name} has no text corpus.")
+        return make()
+
+    return build
+
+
+register(
+    "tfidf", "Surface baseline: cosine of character 4-gram TF-IDF vectors (no model)", surface_method(TfidfSimilarity)
+)
+register("bm25", "Surface baseline: Okapi BM25 over words (no model)", surface_method(BM25))

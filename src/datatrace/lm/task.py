@@ -16,6 +16,9 @@ gradient (:func:`~datatrace.lm.corpus.corpus` never produces one; the task refus
 
 from __future__ import annotations
 
+import hashlib
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -74,9 +77,42 @@ class CausalLMTask(Task):
     with out-to-loss term ``Q = 1``.
     """
 
+    #: Sampled next tokens per position in :meth:`sampled_output_hessian_factors`.
+    fisher_samples = 1
+
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
         nll, weights = token_nll(model, batch)
-        return (nll * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(torch.finfo(weights.dtype).tiny)
+        return (nll * weights).sum(dim=1) / _normalised(weights)
+
+    def sampled_output_hessian_factors(self, logits: Tensor, batch: Batch) -> Tensor:
+        """``(B, T·V, C)`` random factors of the loss Hessian w.r.t. the logits, for KFAC / EK-FAC (and LoGra).
+
+        The Hessian of L = Σ_t ω_t NLL_t / Σ_t ω_t is block-diagonal over positions, with blocks
+        ``(ω_t/Σω)(diag p_t − p_t p_tᵀ)``. Drawing a next token y_t ~ p_t at every position independently, the
+        column ``√(ω_t/Σω)(e_{y_t} − p_t)`` has exactly that second moment, and different positions are uncorrelated
+        (the true Fisher, as in kronfluence); C = :attr:`fisher_samples` columns, each divided by √C. One backward
+        pass per column instead of one per logit (T·V). The draws are seeded by the batch's token ids, so a batch
+        always gets the same sample.
+        """
+        input_ids, mask = batch  # already checked by the loss that produced the logits
+        weights = mask[:, 1:].to(torch.float64)
+        b, t, v = logits.shape
+        scale = (weights / _normalised(weights)[:, None]).sqrt()
+        probs = logits[:, :-1].detach().double().softmax(dim=-1)
+        seed = int.from_bytes(hashlib.sha256(input_ids.cpu().numpy().tobytes()).digest()[:8], "little") % 2**63
+        gen = torch.Generator(device=logits.device).manual_seed(seed)
+        columns = []
+        for _ in range(self.fisher_samples):
+            drawn = torch.multinomial(probs.reshape(-1, v), 1, generator=gen).view(b, t - 1)
+            column = torch.zeros_like(logits, dtype=torch.float64)
+            column[:, :-1] = (F.one_hot(drawn, v) - probs) * scale[..., None]
+            columns.append(column.reshape(b, t * v))
+        return (torch.stack(columns, dim=2) / math.sqrt(self.fisher_samples)).to(logits.dtype)
+
+
+def _normalised(weights: Tensor) -> Tensor:
+    """``Σ_t ω_t`` per example (clamped away from 0; examples without loss tokens are refused elsewhere)."""
+    return weights.sum(dim=1).clamp_min(torch.finfo(weights.dtype).tiny)
 
 
 def _check_batch(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
