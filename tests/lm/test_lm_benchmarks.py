@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 import datatrace as dt
 from datatrace.benchmarks import get
@@ -52,3 +53,23 @@ def test_registered_lm_benchmarks():
     assert micro.seeds_per_subset == 2 and micro.common_random_numbers
     fortunes = get("tinylm-fortunes")
     assert fortunes.n_subsets >= 64 and fortunes.fraction == 0.3 and fortunes.seeds_per_subset == 2
+
+
+@pytest.mark.slow
+def test_bench_runs_registered_methods_on_an_lm_benchmark():
+    """``datatrace bench`` on a language model: gradient, curvature and surface methods through the one registry."""
+    from datatrace.benchmarks.run import run_bench
+
+    bench = LMBenchmark("quick", 1, "test", quick_split, quick_train, n_subsets=3, fraction=0.5)
+    result = run_bench(bench, "logra,if-ekfac,tfidf,bm25", workers=1, verbose=False)
+    assert [m.name for m in result.methods] == ["logra", "if-ekfac", "tfidf", "bm25"]
+    assert all(np.isfinite(m.lds) and m.fit_s >= 0 for m in result.methods)
+    assert result.settings["seeds_per_subset"] == 2 and result.noise_ceiling["mean"] is not None
+
+
+def test_surface_methods_refuse_benchmarks_without_texts():
+    from datatrace.benchmarks.methods import MethodContext, get_method
+
+    ctx = MethodContext(get("digits-logreg"), get("digits-logreg").data()[0])
+    with pytest.raises(dt.InputError, match="no text corpus"):
+        get_method("tfidf").build(ctx)

@@ -103,14 +103,12 @@ def test_sampled_hessian_factors_are_unbiased_for_the_exact_loss_hessian():
     mask[:, :2], mask[2, 4:] = 0, 0  # a prompt, and padding
     batch, task = (input_ids, mask), dt.lm.CausalLMTask()
     z = OutputSplit(model, task, batch).forward().detach().double()
-    exact = torch.stack(
-        [
-            torch.func.hessian(lambda f: task.loss(_Fixed(f.view(1, 6, 5)), (input_ids[i : i + 1], mask[i : i + 1])))(
-                z[i].reshape(-1)
-            )[0]
-            for i in range(3)
-        ]
-    )
+
+    def hessian(i: int) -> torch.Tensor:
+        example = (input_ids[i : i + 1], mask[i : i + 1])
+        return torch.func.hessian(lambda f: task.loss(_Fixed(f.view(1, 6, 5)), example)[0])(z[i].reshape(-1))
+
+    exact = torch.stack([hessian(i) for i in range(3)])
     task.fisher_samples = 20_000
     factors = task.sampled_output_hessian_factors(z, batch)
     assert factors.shape == (3, 30, 20_000)

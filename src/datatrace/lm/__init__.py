@@ -1,6 +1,6 @@
 """Language models: the causal-LM task, a tiny GPT, tokenisers, text corpora and HF model support."""
 
-from .corpus import Corpus, corpus
+from .corpus import Corpus, corpus, token_queries
 from .gpt import TinyGPT
 from .hf import check_vocab, load_gguf, smollm2
 from .sft import add_lora, instruction_set, sft_corpus
@@ -30,5 +30,6 @@ __all__ = [
     "sft_corpus",
     "smollm2",
     "synthetic_texts",
+    "token_queries",
     "train_causal_lm",
 ]

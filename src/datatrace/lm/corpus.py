@@ -70,6 +70,28 @@ class Corpus(Data):
         return f"Corpus({self.name!r}, {len(self)} examples × {t} tokens, {self.tokenizer!r})"
 
 
+def token_queries(query: Corpus, example: int = 0) -> Corpus:
+    """Token-level attribution: one query per loss token of ``query[example]``, that token alone in its loss mask.
+
+    Row k measures the NLL of the example's k-th loss token given the tokens before it, so ``attr.score(rows)``
+    says which tokens of the query each training example influences most (row k, column i). Ids are
+    ``"{id}#{position}"``; the texts are the example's text up to and including that token. Because
+    :class:`~datatrace.lm.CausalLMTask` takes the weighted mean over loss tokens, the example's own scores from any
+    attributor that is linear in the query's gradient (Grad-Dot, TRAK, influence functions) are the
+    ω-weighted mean of these rows.
+    """
+    if not 0 <= example < len(query):
+        raise InputError(f"example {example} is out of range for a query corpus of {len(query)} examples.")
+    input_ids, loss_mask = query.batch([example])
+    positions = loss_mask[0].nonzero().flatten()
+    rows = len(positions)
+    one_hot = torch.zeros(rows, loss_mask.shape[1])
+    one_hot[torch.arange(rows), positions] = 1.0
+    ids = [f"{query.ids[example]}#{int(t)}" for t in positions]
+    texts = [query.tokenizer.decode(input_ids[0, : int(t) + 1].tolist()) for t in positions]
+    return Corpus(input_ids.expand(rows, -1).clone(), one_hot, ids, texts, query.tokenizer, f"{query.name}-tokens")
+
+
 def corpus(
     source: Sequence[str] | str | os.PathLike | Sequence[os.PathLike] | Any,
     tokenizer: Any,
