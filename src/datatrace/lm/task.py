@@ -98,16 +98,18 @@ class CausalLMTask(Task):
         weights = mask[:, 1:].to(torch.float64)
         b, t, v = logits.shape
         scale = (weights / _normalised(weights)[:, None]).sqrt()
-        probs = logits[:, :-1].detach().double().softmax(dim=-1)
+        scale = scale.to(logits.dtype)[..., None]
+        probs = logits[:, :-1].detach().softmax(dim=-1)
         seed = int.from_bytes(hashlib.sha256(input_ids.cpu().numpy().tobytes()).digest()[:8], "little") % 2**63
         gen = torch.Generator(device=logits.device).manual_seed(seed)
         columns = []
         for _ in range(self.fisher_samples):
-            drawn = torch.multinomial(probs.reshape(-1, v), 1, generator=gen).view(b, t - 1)
-            column = torch.zeros_like(logits, dtype=torch.float64)
-            column[:, :-1] = (F.one_hot(drawn, v) - probs) * scale[..., None]
+            drawn = torch.multinomial(probs.reshape(-1, v), 1, generator=gen).view(b, t - 1, 1)
+            column = torch.zeros_like(logits)
+            column[:, :-1] = -probs * scale
+            column[:, :-1].scatter_add_(-1, drawn, scale)  # √(ω_t/Σω)(e_y − p_t)
             columns.append(column.reshape(b, t * v))
-        return (torch.stack(columns, dim=2) / math.sqrt(self.fisher_samples)).to(logits.dtype)
+        return torch.stack(columns, dim=2) / math.sqrt(self.fisher_samples)
 
 
 def _normalised(weights: Tensor) -> Tensor:
