@@ -93,6 +93,7 @@ def test_hf_vocabulary_mismatch_is_refused():
         dt.lm.CausalLMTask().loss(model, (ids, mask))
 
 
+@pytest.mark.slow
 def test_sampled_hessian_factors_are_unbiased_for_the_exact_loss_hessian():
     """E[L Lᵀ] = ∇²_z L per example (block-diagonal over positions, masked positions zero): KFAC/EK-FAC on LMs."""
     from datatrace.attributors.hessian import OutputSplit, _Fixed
