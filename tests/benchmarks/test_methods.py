@@ -10,7 +10,7 @@ from .tiny import TINY
 
 
 def test_unknown_method_lists_the_valid_ones():
-    with pytest.raises(dt.UnknownOptionError, match=r"valid: gradcos, graddot, .*trak-K.*Did you mean 'trak'"):
+    with pytest.raises(dt.UnknownOptionError, match=r"valid: .*gradcos, graddot, .*trak-K.*Did you mean 'trak'"):
         get_method("trakk")
     assert {"graddot", "gradcos", "tracin", "trak", "trak-K"} <= set(method_names())
 
@@ -54,6 +54,6 @@ def test_context_trains_each_model_once_and_half_models_on_different_halves():
 
 def test_every_registered_method_builds_an_attributor_on_a_benchmark_model():
     ctx = MethodContext(TINY, TINY.data()[0])
-    for name in METHODS:
+    for name in set(METHODS) - {"tfidf", "bm25"}:  # text-only baselines: tests/lm/test_lm_benchmarks.py
         attributor = get_method(name).build(ctx, verbose=False)
         assert hasattr(attributor, "fit") and hasattr(attributor, "score")
