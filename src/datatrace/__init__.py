@@ -4,7 +4,7 @@ Sign convention everywhere: a positive score means the training example is a pro
 it lowers the query's loss-like measurement).
 """
 
-from . import eval
+from . import eval, lm
 from ._version import __version__
 from .attributors import TRAK, Attributor, GradCos, GradDot, InfluenceFunction, LoGra, TracIn
 from .data import Data
@@ -49,4 +49,5 @@ __all__ = [
     "UnknownOptionError",
     "__version__",
     "eval",
+    "lm",
 ]

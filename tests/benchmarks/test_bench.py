@@ -56,7 +56,8 @@ def test_cli_bench_measures_the_margin_with_kendall(tiny_registered, tmp_path):
 
 def test_cli_bench_rejects_unknown_names_with_the_valid_ones(tiny_registered):
     result = runner.invoke(app, ["bench", "tiny", "--methods", "graddot,nope"])
-    assert result.exit_code == 2 and "Unknown method 'nope'; valid: gradcos, graddot" in result.output
+    assert result.exit_code == 2 and "Unknown method 'nope'; valid: " in result.output
+    assert "gradcos, graddot" in result.output
     result = runner.invoke(app, ["bench", "digits-logreg", "--methods", "tracin"])
     assert result.exit_code == 2 and "needs checkpoints" in result.output
     result = runner.invoke(app, ["bench", "nope"])

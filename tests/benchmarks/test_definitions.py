@@ -11,9 +11,11 @@ from datatrace.benchmarks import BENCHMARKS, get
 from .tiny import TINY
 
 SIZES = {"digits-logreg": 1000, "digits-mlp": 1000}
+#: Image classification benchmarks (the language-model ones are tested in tests/lm/test_lm_benchmarks.py).
+CLASSIFICATION = sorted(n for n, b in BENCHMARKS.items() if isinstance(b.task, dt.ClassificationTask))
 
 
-@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+@pytest.mark.parametrize("name", CLASSIFICATION)
 def test_benchmark_data_and_ground_truth_settings(name):
     bench = get(name)
     train, query = bench.data()
@@ -25,7 +27,7 @@ def test_benchmark_data_and_ground_truth_settings(name):
     assert train.fingerprint() == bench.data()[0].fingerprint()  # the split is fixed
 
 
-@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+@pytest.mark.parametrize("name", CLASSIFICATION)
 def test_recipes_are_deterministic_in_eval_mode_and_learn(name):
     bench = get(name)
     train, query = bench.data()

@@ -11,7 +11,7 @@ from .tiny import TINY
 
 
 def test_unknown_method_lists_the_valid_ones():
-    with pytest.raises(dt.UnknownOptionError, match=r"valid: gradcos, graddot, .*trak-K.*Did you mean 'trak'"):
+    with pytest.raises(dt.UnknownOptionError, match=r"valid: .*gradcos, graddot, .*trak-K.*Did you mean 'trak'"):
         get_method("trakk")
     assert {"graddot", "gradcos", "tracin", "trak", "trak-K"} <= set(method_names())
 
@@ -58,7 +58,7 @@ def test_every_registered_method_attributes_a_benchmark_model():
     its default 5,000 steps are long, and the solver itself is tested in tests/attributors/test_influence.py."""
     train, query = TINY.data()
     ctx = MethodContext(TINY, train)
-    for name in METHODS:
+    for name in set(METHODS) - {"tfidf", "bm25"}:  # text-only baselines: tests/lm/test_lm_benchmarks.py
         attributor = get_method(name).build(ctx, verbose=False)
         if name == "if-lissa":
             continue

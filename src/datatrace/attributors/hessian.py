@@ -69,11 +69,11 @@ class OutputSplit:
 
     def forward(self) -> Tensor:
         """The model output on the batch (with autograd, hooks and all)."""
-        return self.model(*self.args, **self.kwargs)
+        return _tensor(self.model(*self.args, **self.kwargs))
 
     def output(self, state: dict[str, Tensor]) -> Tensor:
         """The model output with parameters and buffers ``state`` (a ``functional_call``)."""
-        return functional_call(self.model, state, self.args, self.kwargs)
+        return _tensor(functional_call(self.model, state, self.args, self.kwargs))
 
     def loss_of_output(self, z: Tensor) -> Tensor:
         """Per-example losses ``(B,)`` of the batch if the model had output ``z``."""
@@ -82,9 +82,16 @@ class OutputSplit:
     def output_hessian_factors(self, z: Tensor) -> Tensor:
         """``(B, O, O)`` factors L_i with L_i L_iᵀ = Λ_i = ∇²_z L_i, O = z[i].numel() (negative curvature clipped).
 
+        A task that defines ``sampled_output_hessian_factors(z, batch) -> (B, O, C)`` (e.g.
+        :class:`~datatrace.lm.CausalLMTask`, whose O = tokens × vocabulary is far too large) supplies C random columns
+        with E[L_i L_iᵀ] = Λ_i instead: KFAC/EK-FAC then estimate the Gauss–Newton Hessian without bias.
+
         Raises:
             InputError: if O exceeds ``MAX_OUTPUT_DIM`` (each column of L_i costs one backward pass downstream).
         """
+        sampled = getattr(self.task, "sampled_output_hessian_factors", None)
+        if sampled is not None:  # outputs too large to factor exactly (language models): an unbiased sample
+            return sampled(z.detach(), self.batch)
         size = z[0].numel()
         if size > MAX_OUTPUT_DIM:
             raise InputError(
@@ -107,6 +114,11 @@ class OutputSplit:
             )
         eigval, eigvec = torch.linalg.eigh(lam)
         return (eigvec * eigval.clamp_min(0).sqrt().unsqueeze(1)).to(z.dtype)
+
+
+def _tensor(output) -> Tensor:
+    """A model's output as a tensor: Hugging Face models return an object whose ``logits`` the task reads."""
+    return output.logits if hasattr(output, "logits") else output
 
 
 class _Recorder(nn.Module):

@@ -148,7 +148,7 @@ def pseudo_gradients(
     split = OutputSplit(model, task, batch)
     with captured(layers) as seen, torch.enable_grad():
         z = split.forward()
-        factors = split.output_hessian_factors(z).reshape(len(z), -1, z[0].numel())  # (B, O, C)
+        factors = split.output_hessian_factors(z).reshape(len(z), z[0].numel(), -1)  # (B, O, C)
         outputs = [seen[layer.name][1] for layer in layers]
         deltas = [[] for _ in layers]
         for c in range(factors.shape[2]):

@@ -6,8 +6,13 @@ from .digits import DIGITS_LOGREG, DIGITS_MLP
 from .methods import METHODS, Method, MethodContext, get_method, method_names, register, register_family
 from .mnist import MNIST5K_CNN, MNIST5K_LOGREG, MNIST5K_MLP
 from .mnist1d import MNIST1D_MLP
+from .tinylm import TINYLM_FORTUNES, TINYLM_MICRO
 
-BENCHMARKS = {b.name: b for b in (DIGITS_LOGREG, DIGITS_MLP, MNIST5K_LOGREG, MNIST5K_MLP, MNIST1D_MLP, MNIST5K_CNN)}
+BENCHMARKS = {
+    b.name: b
+    for b in (DIGITS_LOGREG, DIGITS_MLP, MNIST5K_LOGREG, MNIST5K_MLP, MNIST1D_MLP, MNIST5K_CNN)
+    + (TINYLM_FORTUNES, TINYLM_MICRO)
+}
 
 
 def get(name: str) -> Benchmark:

@@ -29,6 +29,7 @@ from torch import nn
 
 from .._utils import derive_seed
 from ..attributors import TRAK, GradCos, GradDot, InfluenceFunction, LoGra, TracIn
+from ..attributors.kfac import SUPPORTED
 from ..data import Data
 from ..ensemble import Ensemble
 from ..errors import InputError, UnknownOptionError
@@ -199,8 +200,22 @@ register_family(
     lambda ctx, k, **o: TRAK(ctx.models(k), ctx.task, **o),
 )
 
+
+def layer_params(model: nn.Module) -> list[str]:
+    """Parameters of the model's ``nn.Linear`` / ``nn.Conv2d`` layers: what KFAC, EK-FAC and LoGra can factor
+    (all of an MLP or CNN; the attention, MLP and unembedding matrices of a transformer, not its embeddings and norms).
+    """
+    return [
+        f"{m}.{p}" if m else p
+        for m, mod in model.named_modules()
+        if isinstance(mod, SUPPORTED)
+        for p, _ in mod.named_parameters()
+    ]
+
+
 #: Influence-function solvers, registered as ``if-<solver>``. They keep full training gradients (no projection): the
-#: inverse Hessian acts in parameter space and the benchmarks' models have at most ~51k parameters.
+#: inverse Hessian acts in parameter space and the benchmarks' models have at most ~51k parameters. KFAC and EK-FAC
+#: (like LoGra) default to the linear/conv layers (:func:`layer_params`), which is all of an MLP or CNN.
 INFLUENCE_SOLVERS = {
     "explicit": "explicit damped Gauss–Newton Hessian, Cholesky (refused over 4 GiB, about 23k parameters)",
     "cg": "conjugate gradient on Gauss–Newton Hessian-vector products, to relative residual 1e-5",
@@ -212,7 +227,12 @@ INFLUENCE_SOLVERS = {
 
 
 def _influence(solver: str) -> Build:
-    return lambda ctx, **o: InfluenceFunction(ctx.model, ctx.task, solver=solver, **o)
+    def build(ctx: MethodContext, **o) -> InfluenceFunction:
+        if solver in ("kfac", "ekfac"):
+            o.setdefault("params", layer_params(ctx.model))
+        return InfluenceFunction(ctx.model, ctx.task, solver=solver, **o)
+
+    return build
 
 
 def _supported(build: Build) -> Callable[[MethodContext], None]:
@@ -226,12 +246,13 @@ for _solver, _what in INFLUENCE_SOLVERS.items():
 
 
 def _logra(ctx: MethodContext, **o) -> LoGra:
+    o.setdefault("params", layer_params(ctx.model))
     return LoGra(ctx.model, ctx.task, **o)
 
 
 register(
     "logra",
-    "LoGra: rank-64 factorised projection of nn.Linear / nn.Conv2d gradients, EK-FAC preconditioned",
+    "LoGra: rank-64 factorised projection of the nn.Linear / nn.Conv2d gradients, EK-FAC preconditioned",
     _logra,
     check=_supported(_logra),
 )
