@@ -87,5 +87,86 @@ def bench(
         console.print(f"report: {report_out}")
 
 
+@app.command("select")
+def select_command(
+    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="YAML file with SelectConfig keys."),
+    quiet: bool = typer.Option(False, help="No progress bars or tables."),
+) -> None:
+    """Select training data for a target domain with each method; train on each selection; compare with random."""
+    from .apps.experiments import SelectConfig, load_config, run_select
+
+    cfg = _run_or_exit(load_config, config, SelectConfig)
+    results = _run_or_exit(run_select, cfg, verbose=not quiet)
+    header = ["selection", "target loss", "95% CI", "accuracy", "95% CI"]
+    rows = [
+        [r["selection"], f"{r['loss']:.4f}", _ci(r["loss_ci"]), f"{r['accuracy']:.3f}", _ci(r["accuracy_ci"])]
+        for r in results["rows"]
+    ]
+    _print_table(f"data selection, budget {cfg.budget}, {len(cfg.seeds)} seeds", header, rows, quiet)
+    typer.echo(f"results: {Path(cfg.out) / 'results.json'}; report: datatrace report {Path(cfg.out) / 'run'}")
+
+
+@app.command("contamination")
+def contamination_command(
+    config: Path = typer.Argument(..., exists=True, dir_okay=False, help="YAML file with ContaminationConfig keys."),
+    quiet: bool = typer.Option(False, help="No progress bars or tables."),
+) -> None:
+    """Plant copies of test items in the training data, train, and measure how well each method finds them."""
+    from .apps.experiments import ContaminationConfig, load_config, run_contamination
+
+    cfg = _run_or_exit(load_config, config, ContaminationConfig)
+    result, _ = _run_or_exit(run_contamination, cfg, verbose=not quiet)
+    header = ["method", *[f"R@{k}" for k in result.ks], "MRR", "95% CI"]
+    rows = [
+        [r["method"], *[f"{r[f'R@{k}']:.3f}" for k in result.ks], f"{r['MRR']:.3f}", _ci(r["MRR_ci"])]
+        for r in result.rows()
+    ]
+    _print_table(f"contamination audit, {cfg.n_items} items × {cfg.copies} copies", header, rows, quiet)
+    typer.echo(f"results: {Path(cfg.out) / 'results.json'}; report: datatrace report {Path(cfg.out) / 'run'}")
+
+
+@app.command("report")
+def report_command(
+    scores_dir: Path = typer.Argument(..., help="A saved attribution run (run.json, data/, scores/<method>/)."),
+    out: Path = typer.Option(None, help="HTML file to write (default SCORES_DIR/report.html)."),
+    max_queries: int = typer.Option(None, min=1, help="Cards for the first N queries only."),
+) -> None:
+    """Render a saved attribution run as a self-contained HTML page (inputs, proponents, opponents, histograms)."""
+    from .apps.qualitative import write_report
+
+    path = _run_or_exit(write_report, scores_dir, out, max_queries=max_queries)
+    typer.echo(f"report: {path}")
+
+
+def _run_or_exit(fn, *args, **kwargs):
+    """Call ``fn``; a :class:`DatatraceError` becomes a one-line message and exit status 2."""
+    from .errors import DatatraceError
+
+    try:
+        return fn(*args, **kwargs)
+    except DatatraceError as e:
+        typer.echo(f"Error: {e}", err=True)
+        raise typer.Exit(2) from e
+
+
+def _ci(interval) -> str:
+    return "—" if interval is None else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def _print_table(title: str, header: list[str], rows: list[list[str]], quiet: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(quiet=quiet)
+    if not console.is_terminal:
+        console.width = 120
+    table = Table(title=title)
+    for col in header:
+        table.add_column(col, justify="left" if col in ("method", "selection") else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 if __name__ == "__main__":
     app()

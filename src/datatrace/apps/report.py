@@ -25,17 +25,17 @@ table{border-collapse:collapse}td,th{padding:.3rem .6rem;border-bottom:1px solid
 
 
 def png_bytes(image: np.ndarray, scale: int = 1) -> bytes:
-    """Encode a grey ``(H, W)`` image with values in [0, 1] as PNG (nearest-neighbour upscaled by ``scale``)."""
+    """Encode a grey ``(H, W)`` or colour ``(H, W, 3)`` image with values in [0, 1] as PNG (upscaled by ``scale``)."""
     img = np.clip(np.asarray(image, dtype=np.float64), 0, 1)
-    img = np.kron(img, np.ones((scale, scale)))
+    img = img.repeat(scale, axis=0).repeat(scale, axis=1)
     pixels = (img * 255).round().astype(np.uint8)
-    h, w = pixels.shape
+    h, w = pixels.shape[:2]
     raw = b"".join(b"\x00" + pixels[r].tobytes() for r in range(h))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    header = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", w, h, 8, 2 if pixels.ndim == 3 else 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
 
 

@@ -98,6 +98,24 @@ def mislabel_detection(self_influence: np.ndarray, flipped: np.ndarray) -> Misla
     return MislabelResult(float(auc), np.arange(n + 1) / n, found, n_pos, {"n": n})
 
 
+def train_with_flipped_labels(
+    train_fn: Callable[[Data, int], nn.Module],
+    train: Sequence[Tensor] | Data,
+    fraction: float = 0.1,
+    seed: int = 0,
+    n_classes: int | None = None,
+) -> tuple[Data, np.ndarray, nn.Module]:
+    """Flip ``fraction`` of the labels of ``train`` (see :func:`flip_labels`) and train on the result with ``seed``.
+
+    Returns:
+        ``(noisy, flipped, model)``: the noisy training data, the bool mask of flipped examples and the model.
+    """
+    *inputs, labels = as_data(train, "train").tensors()
+    noisy_labels, flipped = flip_labels(labels, fraction, n_classes, seed)
+    noisy = Data((*inputs, noisy_labels), "train")
+    return noisy, flipped, train_fn(noisy, seed)
+
+
 def mislabel_experiment(
     train_fn: Callable[[Data, int], nn.Module],
     train: Sequence[Tensor] | Data,
@@ -114,10 +132,7 @@ def mislabel_experiment(
         make_attributor: ``model -> attributor`` (anything with ``fit(data)`` and ``self_influence(data)``).
         fraction, n_classes: see :func:`flip_labels`; ``seed`` seeds the flips and the training run.
     """
-    *inputs, labels = as_data(train, "train").tensors()
-    noisy_labels, flipped = flip_labels(labels, fraction, n_classes, seed)
-    noisy = Data((*inputs, noisy_labels), "train")
-    model = train_fn(noisy, seed)
+    noisy, flipped, model = train_with_flipped_labels(train_fn, train, fraction, seed, n_classes)
     influence = make_attributor(model).fit(noisy).self_influence(noisy)
     result = mislabel_detection(influence, flipped)
     result.metadata.update(fraction=fraction, seed=seed)
