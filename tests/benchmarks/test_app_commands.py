@@ -1,4 +1,4 @@
-"""datatrace select / contamination / report end to end on a benchmark small enough for a test: YAML in, results + a report out."""
+"""datatrace select / contamination / report end to end on the tiny benchmark: YAML in, results and a report out."""
 
 import json
 
