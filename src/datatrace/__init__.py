@@ -4,7 +4,7 @@ Sign convention everywhere: a positive score means the training example is a pro
 it lowers the query's loss-like measurement).
 """
 
-from . import eval, lm
+from . import apps, eval, lm
 from ._version import __version__
 from .attributors import TRAK, Attributor, GradCos, GradDot, InfluenceFunction, LoGra, TracIn
 from .data import Data
@@ -48,6 +48,7 @@ __all__ = [
     "TracIn",
     "UnknownOptionError",
     "__version__",
+    "apps",
     "eval",
     "lm",
 ]
