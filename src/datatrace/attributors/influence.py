@@ -147,8 +147,7 @@ class InfluenceFunction(Attributor):
             raise InputError(f"tol must be > 0, got {tol!r}.")
         if not (lissa_scale == "auto" or (isinstance(lissa_scale, (int, float)) and lissa_scale > 0)):
             raise InputError(f"lissa_scale must be 'auto' or > 0, got {lissa_scale!r}.")
-        if hessian_samples is not None and not (isinstance(hessian_samples, int) and hessian_samples >= 1):
-            raise InputError(f"hessian_samples must be a positive int or None, got {hessian_samples!r}.")
+        check_hessian_samples(hessian_samples)
         self.hessian_samples = hessian_samples
         self.rank, self.tol, self.max_iter = rank, float(tol), max_iter
         self.lissa_depth, self.lissa_repeats, self.lissa_scale = lissa_depth, lissa_repeats, lissa_scale
@@ -384,6 +383,12 @@ def check_explicit_size(n_params: int) -> None:
             f"entries, {need:,} bytes), over the {MAX_EXPLICIT_BYTES / 2**30:.0f} GiB limit. Use solver='cg' or "
             "'ekfac', or restrict params=..."
         )
+
+
+def check_hessian_samples(size: int | None) -> None:
+    """Refuse a ``hessian_samples`` that is neither ``None`` nor a positive int."""
+    if size is not None and not (isinstance(size, int) and size >= 1):
+        raise InputError(f"hessian_samples must be a positive int or None, got {size!r}.")
 
 
 def hessian_sample(data: Data, size: int | None, seed: int) -> Data:

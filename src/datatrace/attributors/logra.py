@@ -28,7 +28,7 @@ from ..errors import InputError, check_choice
 from ..grads import _check_finite, select_parameters
 from ..scores import Factor, Scores
 from .base import Attributor, Batch
-from .influence import check_damping, hessian_sample
+from .influence import check_damping, check_hessian_samples, hessian_sample
 from .kfac import KroneckerLayer, fit_factors, kronecker_layers, loss_gradients
 
 PRECONDITIONERS = ("ekfac", "identity")
@@ -120,8 +120,7 @@ class LoGra(Attributor):
         if not (isinstance(rank, int) and rank >= 1):
             raise InputError(f"rank must be a positive int, got {rank!r}.")
         check_damping(damping, None)
-        if hessian_samples is not None and not (isinstance(hessian_samples, int) and hessian_samples >= 1):
-            raise InputError(f"hessian_samples must be a positive int or None, got {hessian_samples!r}.")
+        check_hessian_samples(hessian_samples)
         self.rank = rank
         self.precondition = check_choice("precondition", precondition, PRECONDITIONERS)
         self.damping = float(damping)
