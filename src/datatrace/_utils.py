@@ -112,3 +112,27 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self.peak_bytes = max(self.peak_bytes, self.rss() - self._start)
+
+
+def layer_stack(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model's layers in order: an ``nn.Sequential``'s children, else its longest ``nn.ModuleList`` or
+    ``nn.Sequential`` (a transformer's blocks), else the model itself."""
+    if isinstance(model, nn.Sequential):
+        return list(model.named_children())
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m)]
+    if not lists:
+        return [("", model)]
+    name, best = max(lists, key=lambda nm: len(nm[1]))
+    return [(f"{name}.{i}", m) for i, m in enumerate(best)]
+
+
+def output_tensor(output: object) -> object:
+    """A model's output as a tensor where it wraps one: ``.logits`` of a ``transformers`` output, the first item of a
+    tuple; anything else is returned as is (callers name what they got)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, (tuple, list)) and output:
+        return output[0]
+    return output

@@ -3,6 +3,7 @@
 from .corpus import Corpus, corpus, token_queries
 from .gpt import TinyGPT
 from .hf import check_vocab, load_gguf, smollm2
+from .prefix import PrefixCache
 from .sft import add_lora, instruction_set, sft_corpus
 from .sources import MissingDependencyError, load_fortunes, load_kjv
 from .surface import BM25, TfidfSimilarity
@@ -18,6 +19,7 @@ __all__ = [
     "Corpus",
     "HFTokenizer",
     "MissingDependencyError",
+    "PrefixCache",
     "TfidfSimilarity",
     "TinyGPT",
     "add_lora",

@@ -12,6 +12,9 @@ sequence's loss tokens, so every example counts equally whatever its length, and
 ``L`` is trained on exactly this task. With a 0/1 mask this equals the HF models' own ``loss`` for one sequence with
 ``labels = input_ids`` and ``-100`` where the mask is 0. An example without any loss token has loss 0 and no
 gradient (:func:`~datatrace.lm.corpus.corpus` never produces one; the task refuses it outside ``torch.func``).
+
+A batch may also be ``(model_input, input_ids, loss_mask)``: the model is called on ``model_input`` (e.g. the cached
+hidden states of :class:`~datatrace.lm.prefix.PrefixCache`) and ``input_ids`` only supply the targets.
 """
 
 from __future__ import annotations
@@ -23,23 +26,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._utils import model_device
+from .._utils import model_device, output_tensor
 from ..errors import InputError
 from ..task import Task
 
 Batch = tuple[Tensor, ...]
 
 
-def logits_of(model: nn.Module, input_ids: Tensor) -> Tensor:
+def logits_of(model: nn.Module, inputs: Tensor) -> Tensor:
     """``(B, T, V)`` next-token logits of a causal LM: a tensor, a tuple (first item) or an HF output (``.logits``)."""
-    out = model(input_ids)
-    if isinstance(out, Tensor):
-        return out
-    if hasattr(out, "logits"):
-        return out.logits
-    if isinstance(out, (tuple, list)):
-        return out[0]
-    raise InputError(f"The model returned {type(out).__name__}; expected logits (a tensor) or an output with .logits.")
+    out = output_tensor(model(inputs))
+    if not isinstance(out, Tensor):
+        raise InputError(
+            f"The model returned {type(out).__name__}; expected logits (a tensor) or an output with .logits."
+        )
+    return out
 
 
 def context_length(model: nn.Module) -> int | None:
@@ -63,7 +64,7 @@ def token_nll(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
     input_ids, weights = _check_batch(model, batch)
     if not _inside_transform(input_ids):
         _check_values(vocab_size_of(model), input_ids, weights)
-    logits = logits_of(model, input_ids)[:, :-1]
+    logits = logits_of(model, batch[0])[:, :-1]
     targets = input_ids[:, 1:]
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
     return nll.view(targets.shape), weights
@@ -94,7 +95,7 @@ class CausalLMTask(Task):
         pass per column instead of one per logit (T·V). The draws are seeded by the batch's token ids, so a batch
         always gets the same sample.
         """
-        input_ids, mask = batch  # already checked by the loss that produced the logits
+        input_ids, mask = batch[-2:]  # already checked by the loss that produced the logits
         weights = mask[:, 1:].to(torch.float64)
         b, t, v = logits.shape
         scale = (weights / _normalised(weights)[:, None]).sqrt()
@@ -119,11 +120,19 @@ def _normalised(weights: Tensor) -> Tensor:
 
 def _check_batch(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
     """Shape, dtype, device and context checks (none depends on values, so they also run inside ``vmap``)."""
-    if len(batch) != 2:
-        raise InputError(f"A causal-LM batch is (input_ids, loss_mask); got {len(batch)} tensors.")
-    input_ids, mask = batch
+    if len(batch) not in (2, 3):
+        raise InputError(
+            f"A causal-LM batch is (input_ids, loss_mask) or (model_input, input_ids, loss_mask); got {len(batch)} "
+            "tensors."
+        )
+    input_ids, mask = batch[-2:]
     if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool or input_ids.ndim != 2:
         raise InputError(f"input_ids must be a (B, T) integer tensor, got {input_ids.dtype} {tuple(input_ids.shape)}.")
+    if len(batch) == 3 and tuple(batch[0].shape[:2]) != tuple(input_ids.shape):
+        raise InputError(
+            f"model_input of shape {tuple(batch[0].shape)} does not start with the (B, T) = "
+            f"{tuple(input_ids.shape)} of input_ids."
+        )
     if mask.shape != input_ids.shape:
         raise InputError(f"loss_mask shape {tuple(mask.shape)} differs from input_ids {tuple(input_ids.shape)}.")
     if input_ids.shape[1] < 2:

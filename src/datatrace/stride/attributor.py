@@ -12,7 +12,7 @@ import scipy.sparse
 import torch
 import torch.nn.functional as F
 
-from .._utils import check_eval_mode, model_device, model_fingerprint
+from .._utils import check_eval_mode, model_device, model_fingerprint, output_tensor
 from .._version import __version__
 from ..attributors.base import EXECUTION_PARAMS, Attributor
 from ..data import Data, as_data, to_device
@@ -130,7 +130,7 @@ class STRIDE(Attributor):
         self.design_ = design(n, self.n_subsets_, self.degree_, self.seed)
         probe = to_device(data.batch(slice(0, min(2, n))), model_device(model))
         with torch.no_grad():
-            outputs = model(*probe[:-1])
+            outputs = output_tensor(model(*probe[:-1]))
         self.mode_ = default_mode(outputs) if self.mode == "auto" else self.mode
         tap = resolve_layer(model, self.layer, self.mode_)
         self.layer_ = tap.name

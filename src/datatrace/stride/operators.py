@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .._utils import derive_seed
+from .._utils import derive_seed, layer_stack, output_tensor
 from ..errors import InputError, UnknownOptionError, check_choice
 from ..grads import select_parameters
 
@@ -46,18 +46,6 @@ class Tap:
     module: nn.Module
     position: int | None
     stack: tuple[tuple[str, nn.Module], ...]
-
-
-def layer_stack(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The model's layers in order: an ``nn.Sequential``'s children, else its longest ``nn.ModuleList`` or
-    ``nn.Sequential`` (a transformer's blocks), else the model itself."""
-    if isinstance(model, nn.Sequential):
-        return list(model.named_children())
-    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m)]
-    if not lists:
-        return [("", model)]
-    name, best = max(lists, key=lambda nm: len(nm[1]))
-    return [(f"{name}.{i}", m) for i, m in enumerate(best)]
 
 
 def default_mode(outputs: Tensor) -> str:
@@ -167,7 +155,7 @@ class SteeredModel:
         """Base forward pass without gradients: the tapped features and the model's outputs."""
         store: list[Tensor] = []
         with torch.no_grad(), self._capture(store):
-            outputs = self.model(*inputs)
+            outputs = output_tensor(self.model(*inputs))
         return store[0], _checked(outputs, "the model", self.model, "output")
 
     def per_example(self, fn: PerExampleFn, batch: Batch, ops: Tensor) -> Tensor:
@@ -184,7 +172,7 @@ class SteeredModel:
         if self.mode == "logit":
             return o, o + self.operators.shift(h, ops)
         with self._replace(lambda z: z + self.operators.shift(z, ops)):
-            return o, self.model(*inputs)
+            return o, output_tensor(self.model(*inputs))
 
     def all_operators(self, fn: PerExampleFn, batch: Batch, ops: Tensor, features: Tensor, outputs: Tensor) -> Tensor:
         """``fn`` of every example under every operator in ``ops``, shape ``(len(ops), B)``.
@@ -257,7 +245,7 @@ class SteeredModel:
             return False
         try:
             with torch.no_grad(), self._replace(lambda z: features), self._skipping_lower(True):
-                skipped = self.model(*inputs)
+                skipped = output_tensor(self.model(*inputs))
         except Exception:  # noqa: BLE001 - any failure means the stack is not a plain chain of layers
             return False
         scale = float(outputs.abs().max()) + 1e-12
