@@ -1,5 +1,7 @@
 """PrefixCache: the top of an HF causal LM on cached hidden states gives the full model's losses, gradients, scores."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -88,3 +90,20 @@ def test_bad_input(llama_and_data):
     hidden, input_ids, mask = encoded.tensors()
     with pytest.raises(dt.InputError, match="does not start with the \\(B, T\\)"):
         dt.lm.CausalLMTask().loss(model, (hidden[:, :-1], input_ids, mask))
+
+
+def test_lora_wrapped_model(llama_and_data):
+    """A peft LoRA model (the SFT setting): adapter gradients on cached states equal those of the full model."""
+    pytest.importorskip("peft")
+    model, data = llama_and_data
+    lora = dt.lm.add_lora(copy.deepcopy(model), rank=2, layers=[2], seed=0)
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)  # adapters as after fine-tuning, so that they change the outputs
+    names = [n for n, p in lora.named_parameters() if p.requires_grad]
+    prefix = dt.lm.PrefixCache(lora, start=2)
+    encoded = prefix.encode(data, batch_size=8, verbose=False)
+    task = dt.lm.CausalLMTask()
+    full = per_example_gradients(lora, task.loss, data.tensors(), names)
+    torch.testing.assert_close(per_example_gradients(prefix.upper, task.loss, encoded.tensors(), names), full)

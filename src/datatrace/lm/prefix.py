@@ -46,7 +46,8 @@ class PrefixCache:
     """
 
     def __init__(self, model: nn.Module, start: int):
-        if "inputs_embeds" not in inspect.signature(type(model).forward).parameters:
+        parameters = inspect.signature(type(model).forward).parameters
+        if "inputs_embeds" not in parameters and not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
             raise InputError(
                 f"PrefixCache needs a transformers causal LM whose forward accepts inputs_embeds; "
                 f"{type(model).__name__} does not."
