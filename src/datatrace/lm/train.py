@@ -31,7 +31,8 @@ def train_causal_lm(
 
     Args:
         model: the model; only parameters with ``requires_grad`` are trained (e.g. a PEFT model's adapters).
-        data: ``(input_ids, loss_mask)`` examples, e.g. a :class:`~datatrace.lm.Corpus`.
+        data: ``(input_ids, loss_mask)`` examples, e.g. a :class:`~datatrace.lm.Corpus` (or data encoded by a
+            :class:`~datatrace.lm.PrefixCache`, to train the upper part of a model whose lower layers are frozen).
         steps: optimiser steps.
         batch_size: examples per step; examples are visited in a fresh random order every epoch.
         lr: peak learning rate, reached after linear warm-up over ``warmup · steps`` steps, then cosine decay to 0.
