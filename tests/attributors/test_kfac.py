@@ -65,6 +65,17 @@ def test_ekfac_eigenvalues_are_the_gauss_newton_diagonal_in_the_kronecker_eigenb
         np.testing.assert_allclose(factors.eigenvalues[layer.name], want, atol=1e-3 * float(want.max()))  # float32 HVPs
 
 
+def test_ekfac_second_pass_over_reused_statistics_equals_recomputing_them(monkeypatch):
+    _, model, train = next(cases())
+    task, data = dt.ClassificationTask(), dt.Data(train)
+    layers = kronecker_layers(model, select_parameters(model), "ekfac")
+    reused = fit_factors(model, task, data, layers, "ekfac", 16, verbose=False)
+    monkeypatch.setattr(kfac, "MAX_REUSED_STATISTICS_BYTES", 0)
+    recomputed = fit_factors(model, task, data, layers, "ekfac", 16, verbose=False)
+    for layer in layers:
+        torch.testing.assert_close(reused.eigenvalues[layer.name], recomputed.eigenvalues[layer.name], rtol=0, atol=0)
+
+
 def test_kfac_and_ekfac_equal_gauss_newton_for_one_linear_layer_with_one_output():
     """Squared error has constant curvature and one output: GN = 2·E[a aᵀ] = S ⊗ A exactly."""
     x, _ = blobs(50, d=4)
