@@ -283,7 +283,11 @@ def _compute(statistics, layers: Sequence[KroneckerLayer], kind: str, n: int) ->
         corrected = {layer.name: 0 for layer in layers}
         for stats in reused if reused is not None else statistics("ekfac: eigenvalue correction"):
             for name, (a, d) in stats.items():
-                g = torch.einsum("bcto,bti->bcoi", d @ out[f"{name}.q_out"], a @ out[f"{name}.q_in"])
-                corrected[name] = corrected[name] + (g**2).sum((0, 1))
+                a, d = a @ out[f"{name}.q_in"], d @ out[f"{name}.q_out"]
+                if a.shape[1] == 1:  # one position: (δ ãᵀ)² = δ² (ã²)ᵀ, so never form the (B, C, out, in) gradients
+                    squares = (d[:, :, 0] ** 2).sum(1).T @ a[:, 0] ** 2
+                else:
+                    squares = (torch.einsum("bcto,bti->bcoi", d, a) ** 2).sum((0, 1))
+                corrected[name] = corrected[name] + squares
         out |= {f"{name}.eigenvalues": value / n for name, value in corrected.items()}
     return out
