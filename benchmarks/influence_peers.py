@@ -1,12 +1,14 @@
 """Influence functions side by side with dattri and kronfluence: same trained model, same ground truth.
 
     pip install -e ".[bench]"     # kronfluence with --no-deps (it would pull torchvision, which it does not need)
-    OMP_NUM_THREADS=1 python benchmarks/influence_peers.py [--only digits-mlp] [--solvers explicit,cg,...]
+    OMP_NUM_THREADS=1 python benchmarks/influence_peers.py [--only digits-mlp] [--solvers explicit,cg,...] [--skip 200]
 
 For digits-logreg and digits-mlp (1,000 training images, 100 queries, 64 retrained 50% subsets), each solver runs
 three ways: datatrace at its defaults; the peer at its defaults; and the peer with datatrace's absolute damping λ
-(so that an accuracy difference is the solver's, not the damping's). Printed: LDS [95% CI] and the wall time of
-everything a user runs to get the 100 × 1,000 scores (caching training gradients / factors included).
+(so that an accuracy difference is the solver's, not the damping's). CG also runs with datatrace at dattri's
+10 iterations, so that both libraries are compared at equal settings (and at equal LDS). Printed: LDS [95% CI] and
+the wall time of everything a user runs to get the 100 × 1,000 scores (caching training gradients / factors
+included).
 
 Peer mapping (dattri 0.3.0, kronfluence 1.0.1):
     explicit  dattri IFAttributorExplicit(regularization=λ)         the whole training set as one batch
@@ -28,6 +30,7 @@ import io
 import tempfile
 import time
 import warnings
+from functools import partial
 
 import numpy as np
 import torch
@@ -114,6 +117,8 @@ def kronfluence_scores(model, train, query, strategy: str, damping: float | str 
 
 #: Stands for datatrace's absolute damping λ of the same solver (from its run just before).
 OURS = object()
+#: Per solver: datatrace's runs at the peers' settings, ``(setting, options)``, after its run at its defaults.
+DATATRACE_RUNS = {"cg": [("max_iter 10 (as dattri)", {"max_iter": 10})]}
 #: Per solver: ``(library, setting, options)`` of the peer runs; datatrace runs each solver at its defaults first.
 PEER_RUNS = {
     "explicit": [
@@ -147,21 +152,26 @@ PEER_RUNS = {
 }
 
 
-def runs(task, train, query, solvers):
-    """``(solver, library, setting, run(model) -> scores)``; datatrace's run of each solver comes first."""
+def runs(task, train, query, solvers, skip=()):
+    """``(solver, library, setting, run(model) -> scores)``; datatrace's runs of each solver come first. Peer
+    settings containing one of the strings ``skip`` are left out."""
     peers = {"dattri": dattri_scores, "kronfluence": kronfluence_scores}
     for solver, rows in PEER_RUNS.items():
         if solver not in solvers:
             continue
         ours = []
 
-        def datatrace(model, solver=solver, ours=ours):
-            attr = dt.InfluenceFunction(model, task, solver=solver, verbose=False).fit(train)
+        def datatrace(model, solver=solver, ours=ours, options=None):
+            attr = dt.InfluenceFunction(model, task, solver=solver, verbose=False, **(options or {})).fit(train)
             ours.append(attr.damping_abs_[0])
             return attr.score(query)
 
         yield solver, "datatrace", "defaults", datatrace
+        for setting, options in DATATRACE_RUNS.get(solver, []):
+            yield solver, "datatrace", setting, partial(datatrace, options=options)
         for library, setting, options in rows:
+            if any(s in setting for s in skip):
+                continue
 
             def peer(model, library=library, options=options, solver=solver, ours=ours):
                 resolved = {k: ours[0] if v is OURS else v for k, v in options.items()}
@@ -171,8 +181,12 @@ def runs(task, train, query, solvers):
 
 
 def warm_up() -> None:
-    """Pay torch.func's one-time set-up (1–2 s on the first vmap/jvp/vjp of a process) before anything is timed,
-    so that it is charged to neither library (otherwise to whichever runs first)."""
+    """Pay torch.func's one-time set-up (1–2 s on the first vmap/jvp/vjp of a process) and the peers' imports (up to
+    2 s) before anything is timed, so that they are charged to no run (otherwise to whichever runs first)."""
+    import dattri.algorithm.influence_function  # noqa: F401
+    import dattri.func.fisher  # noqa: F401
+    import kronfluence.analyzer  # noqa: F401
+
     x, y = torch.randn(4, 2), torch.zeros(4, dtype=torch.long)
     model = torch.nn.Linear(2, 2).eval()
     dt.InfluenceFunction(model, dt.ClassificationTask(), solver="cg", verbose=False).fit((x, y)).score((x, y))
@@ -182,6 +196,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="run one benchmark (digits-logreg or digits-mlp)")
     parser.add_argument("--solvers", default=",".join(PEER_RUNS), help="comma-separated subset of solvers")
+    parser.add_argument("--skip", default="", help="comma-separated: leave out peer settings containing these")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     warm_up()
@@ -193,7 +208,9 @@ def main() -> None:
         model = bench.model(seed=0)
         print(f"\n{name}")
         print(f"{'solver':<10}{'library':<13}{'setting':<34}{'LDS [95% CI]':<26}seconds")
-        for solver, who, setting, run in runs(bench.task, train, query, args.solvers.split(",")):
+        for solver, who, setting, run in runs(
+            bench.task, train, query, args.solvers.split(","), [s for s in args.skip.split(",") if s]
+        ):
             t0 = time.perf_counter()
             try:
                 with contextlib.redirect_stderr(io.StringIO()):  # the peers' progress bars
@@ -204,7 +221,7 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             res = dt.eval.lds(scores, gt)
             ci = f"{res.mean:.3f} [{res.ci[0]:.3f}, {res.ci[1]:.3f}]"
-            print(f"{solver:<10}{who:<13}{setting:<34}{ci:<26}{seconds:.1f}", flush=True)
+            print(f"{solver:<10}{who:<13}{setting:<34}{ci:<26}{seconds:.3g}", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from datatrace.attributors import kfac
 from datatrace.attributors.hessian import HessianOperator, hessian_matrix
 from datatrace.attributors.kfac import fit_factors, kronecker_layers
 from datatrace.benchmarks.digits import digits_split
-from datatrace.grads import select_parameters
+from datatrace.grads import per_example_gradients, select_parameters
 from testable_tasks import TinyCNN, blobs, fit, images, mlp
 
 
@@ -65,6 +65,17 @@ def test_ekfac_eigenvalues_are_the_gauss_newton_diagonal_in_the_kronecker_eigenb
         np.testing.assert_allclose(factors.eigenvalues[layer.name], want, atol=1e-3 * float(want.max()))  # float32 HVPs
 
 
+def test_ekfac_second_pass_over_reused_statistics_equals_recomputing_them(monkeypatch):
+    _, model, train = next(cases())
+    task, data = dt.ClassificationTask(), dt.Data(train)
+    layers = kronecker_layers(model, select_parameters(model), "ekfac")
+    reused = fit_factors(model, task, data, layers, "ekfac", 16, verbose=False)
+    monkeypatch.setattr(kfac, "MAX_REUSED_STATISTICS_BYTES", 0)
+    recomputed = fit_factors(model, task, data, layers, "ekfac", 16, verbose=False)
+    for layer in layers:
+        torch.testing.assert_close(reused.eigenvalues[layer.name], recomputed.eigenvalues[layer.name], rtol=0, atol=0)
+
+
 def test_kfac_and_ekfac_equal_gauss_newton_for_one_linear_layer_with_one_output():
     """Squared error has constant curvature and one output: GN = 2·E[a aᵀ] = S ⊗ A exactly."""
     x, _ = blobs(50, d=4)
@@ -86,14 +97,22 @@ def attr_op(model, task, train):
     return HessianOperator(model, task, dt.Data(train), select_parameters(model), "gn", 64, False)
 
 
+@pytest.mark.slow
 def test_kronecker_influence_correlates_with_explicit_gauss_newton_on_a_two_layer_mlp():
-    """Digits, 300 training images, MLP 64-32-10 (ReLU), the same λ = 0.5·trace(H)/P for all.
+    """Digits, 300 training images, MLP 64-32-10 (ReLU), the same λ = 0.5·trace(H)/P and the same H (GN of the mean
+    loss over the same 300 examples, exact output Hessian) for all; Pearson over all 30 × 300 scores.
 
-    Measured Pearson over all query × training scores: KFAC 0.81, EK-FAC 0.81, Grad-Dot 0.31 (the same λ with
-    the block-diagonal part of H alone: 0.97, so the Kronecker factorisation within each layer is what separates
-    them — an approximation of the method, not of this implementation: EK-FAC's eigenvalues are exact, see above).
-    The issue's target of 0.9 is not reached here; other 2-layer MLPs measured 0.73–0.90 (ReLU/tanh, 16–32 hidden
-    units, digits classification and diabetes regression), so the floor is set from this measurement.
+    Measured: KFAC 0.81, EK-FAC 0.81, the per-layer-exact (block-diagonal) GN 0.97, Grad-Dot 0.31; at 4λ, KFAC 0.86.
+    The issue's target of 0.9 is not reached, and not for an implementation reason: the factors, EK-FAC's
+    eigenvalues and the damped inverse equal their for-loop definitions to 1e-7 (``benchmarks/kfac_accuracy.py``,
+    part 1, and the tests above). What separates KFAC from GN is the Kronecker factorisation inside each layer,
+    E[a aᵀ ⊗ δ δᵀ] ≠ E[a aᵀ] ⊗ E[δ δᵀ] when a and δ are dependent (for the last layer δδᵀ summed over the output
+    Hessian's columns is diag(p) − ppᵀ, ≈ 0 on confidently classified inputs): the layer blocks are 32–44% off in
+    Frobenius norm, and EK-FAC's exact eigenvalues do not repair the eigenbasis (EK-FAC stayed within 0.03 of KFAC,
+    at or below it in 19 of the benchmark's 20 settings). The benchmark's part 2 puts KFAC at 0.74–0.78 for widths 16–64
+    and 300 or 1,000 examples at this damping, rising with damping (0.52–0.64 at 0.01, 0.80–0.86 at 2), so the
+    floors below are set from this measurement, with the block-diagonal GN as the ceiling that any per-layer
+    approximation can reach.
     """
     (xt, yt), (xq, yq) = digits_split()
     torch.manual_seed(0)
@@ -101,13 +120,33 @@ def test_kronecker_influence_correlates_with_explicit_gauss_newton_on_a_two_laye
     train, query = (xt[:300], yt[:300]), (xq[:30], yq[:30])
     model = fit(model, *train, steps=300, lr=0.01)
     task = dt.ClassificationTask()
-    explicit = dt.InfluenceFunction(model, task, solver="explicit", verbose=False).fit(train)
-    want = explicit.score(query).values.ravel()
-    baseline = np.corrcoef(dt.GradDot(model, task, verbose=False).fit(train).score(query).values.ravel(), want)[0, 1]
-    for solver in ("kfac", "ekfac"):
-        attr = dt.InfluenceFunction(model, task, solver=solver, damping_abs=explicit.damping_abs_[0], verbose=False)
-        correlation = np.corrcoef(attr.fit(train).score(query).values.ravel(), want)[0, 1]
-        assert correlation >= 0.78 and correlation >= baseline + 0.4, (solver, correlation, baseline)
+    names = select_parameters(model)
+    gn = hessian_matrix(HessianOperator(model, task, dt.Data(train), names, "gn", 300, False))  # explicit's H
+    lam = 0.5 * float(gn.trace()) / len(gn)
+    mask = torch.zeros_like(gn, dtype=torch.bool)
+    for layer in kronecker_layers(model, names, "kfac"):
+        idx = torch.as_tensor(block_indices(layer, model, names))
+        mask[idx[:, None], idx] = True
+    g_train, g_query = (per_example_gradients(model, task.loss, d, names)[0].double() for d in (train, query))
+
+    def explicit(hessian, damping):  # (1/n)·g_qᵀ(H + λI)⁻¹g_i, up to the 1/n that no correlation sees
+        return g_query @ torch.linalg.solve(hessian + damping * torch.eye(len(gn), dtype=gn.dtype), g_train.T)
+
+    def correlation(scores, reference):
+        return np.corrcoef(np.asarray(scores).ravel(), np.asarray(reference).ravel())[0, 1]
+
+    def kronecker(solver, damping):
+        attr = dt.InfluenceFunction(model, task, solver=solver, damping_abs=damping, verbose=False).fit(train)
+        return attr.score(query).values
+
+    want = explicit(gn, lam)
+    got = {solver: correlation(kronecker(solver, lam), want) for solver in ("kfac", "ekfac")}
+    ceiling = correlation(explicit(torch.where(mask, gn, 0), lam), want)
+    baseline = correlation(g_query @ g_train.T, want)
+    more_damped = correlation(kronecker("kfac", 4 * lam), explicit(gn, 4 * lam))
+    assert min(got.values()) >= 0.78 and min(got.values()) >= baseline + 0.4, (got, baseline)
+    assert ceiling >= 0.95 and ceiling >= max(got.values()) + 0.1, (ceiling, got)
+    assert more_damped >= got["kfac"] + 0.03, (more_damped, got)
 
 
 def test_unsupported_layers_are_named_with_the_fallback():

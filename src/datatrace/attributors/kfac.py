@@ -40,6 +40,9 @@ from .hessian import OutputSplit
 
 Batch = tuple[Tensor, ...]
 SUPPORTED = (nn.Linear, nn.Conv2d)
+#: EK-FAC keeps the first pass's per-example statistics in memory for its second pass when they take at most this many
+#: bytes (else the second pass recomputes them): the same numbers without a second set of forward/backward passes.
+MAX_REUSED_STATISTICS_BYTES = 2**28
 
 
 class LayerTransform(Protocol):
@@ -251,11 +254,20 @@ def fit_factors(
 
 
 def _compute(statistics, layers: Sequence[KroneckerLayer], kind: str, n: int) -> dict[str, Tensor]:
-    """The factor arrays: covariances in one pass, their eigendecompositions, EK-FAC's correction in a second."""
+    """The factor arrays: covariances in one pass, their eigendecompositions, EK-FAC's correction in a second (over
+    the first pass's statistics when they fit in ``MAX_REUSED_STATISTICS_BYTES``)."""
     cov_in: dict[str, Tensor] = {}
     cov_out: dict[str, Tensor] = {}
     positions: dict[str, int] = {}
+    reused: list | None = [] if kind == "ekfac" else None
+    reused_bytes = 0
     for stats in statistics(f"{kind}: covariances"):
+        if reused is not None:
+            reused_bytes += sum(a.nbytes + d.nbytes for a, d in stats.values())
+            if reused_bytes > MAX_REUSED_STATISTICS_BYTES:
+                reused = None
+            else:
+                reused.append(stats)
         for name, (a, d) in stats.items():
             cov_in[name] = cov_in.get(name, 0) + torch.einsum("bti,btj->ij", a, a)
             cov_out[name] = cov_out.get(name, 0) + torch.einsum("bcto,bctp->op", d, d)
@@ -269,9 +281,13 @@ def _compute(statistics, layers: Sequence[KroneckerLayer], kind: str, n: int) ->
         out[f"{name}.eigenvalues"] = torch.outer(s_val.clamp_min(0), a_val.clamp_min(0))
     if kind == "ekfac":
         corrected = {layer.name: 0 for layer in layers}
-        for stats in statistics("ekfac: eigenvalue correction"):
+        for stats in reused if reused is not None else statistics("ekfac: eigenvalue correction"):
             for name, (a, d) in stats.items():
-                g = torch.einsum("bcto,bti->bcoi", d @ out[f"{name}.q_out"], a @ out[f"{name}.q_in"])
-                corrected[name] = corrected[name] + (g**2).sum((0, 1))
+                a, d = a @ out[f"{name}.q_in"], d @ out[f"{name}.q_out"]
+                if a.shape[1] == 1:  # one position: (δ ãᵀ)² = δ² (ã²)ᵀ, so never form the (B, C, out, in) gradients
+                    squares = (d[:, :, 0] ** 2).sum(1).T @ a[:, 0] ** 2
+                else:
+                    squares = (torch.einsum("bcto,bti->bcoi", d, a) ** 2).sum((0, 1))
+                corrected[name] = corrected[name] + squares
         out |= {f"{name}.eigenvalues": value / n for name, value in corrected.items()}
     return out
