@@ -53,4 +53,4 @@ def test_targets_check_weights_and_features_apart_and_rows_carry_same_size_ratio
     assert 3 not in ratios and ratios[4]["train"] == 0.5  # no independent K=4; half K=1 vs independent K=1
     table = pareto.markdown_table(rows)
     assert "| b | trak | dropout K=1 M=2 | 0.580 [0.570, 0.590] | 1 |" in table
-    assert "0.50 / 1.20 / 0.55 / 1.00 |" in table and "| 0.5 |" in table  # a half-data model counts as half
+    assert "0.50 / 1.20 / 0.55 / 1.00 |" in table and "| 1 (half data) |" in table

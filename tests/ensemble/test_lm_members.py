@@ -45,7 +45,6 @@ def scores(ens, lm):
     [
         {"kind": "dropout", "mask": "member"},
         {"kind": "dropout", "mask": "sample"},
-        {"kind": "dropout", "q_only": True},
         pytest.param({"kind": "lora", "lora_rank": 2, "lora_steps": 3}, marks=pytest.mark.slow),  # peft import
     ],
 )
@@ -89,3 +88,10 @@ def test_half_data_members_train_on_a_sub_corpus(lm):
     half = train.subset(np.sort(rng.choice(24, 12, replace=False)))
     assert isinstance(half, dt.lm.Corpus) and len(half.texts) == 12
     np.testing.assert_array_equal(got, scores(trak([train_gpt(half, derive_seed(2, 0) % 2**31)]), lm))
+
+
+def test_q_only_dropout_warns_that_a_causal_lm_has_a_constant_q(lm):
+    ens = dt.Ensemble(trak, "dropout", models=[lm[2]], n_members=4, rate=0.3, q_only=True, verbose=False)
+    with pytest.warns(dt.DatatraceWarning, match="out-to-loss term Q is the constant 1"):
+        got = scores(ens, lm)
+    np.testing.assert_allclose(got, scores(trak([lm[2]]), lm), rtol=1e-5, atol=1e-8)
