@@ -15,7 +15,8 @@ member is exactly the attributor on that member. Members, for K base models and 
 - ``kind="checkpoints"``: the last M checkpoints of each of K training runs (``train_fn`` returns a list);
 - ``kind="dropout"``: each base model seen through M dropout masks (:mod:`~datatrace.ensemble.dropout`); with
   ``q_only=True`` (TRAK only) the gradients and kernels come from the K clean models and the masks enter only TRAK's
-  out-to-loss term Q, averaged over the K·M masked forward passes — no extra gradients;
+  out-to-loss term Q, averaged over the K·M masked forward passes — no extra gradients (where Q is constant, as for
+  a causal LM with f = −loss and Q = 1, the masks have nothing to act on and ``fit`` warns);
 - ``kind="lora"``: each base model with M LoRA adapters fine-tuned briefly (:mod:`~datatrace.ensemble.lora`),
   gradients w.r.t. the adapters only.
 
@@ -29,6 +30,7 @@ import inspect
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ from .._utils import PeakMemory, derive_seed, model_device, track
 from ..attributors.base import AUTO_PROJ_DIM, Attributor
 from ..attributors.trak import TRAK
 from ..data import Data, as_data, to_device
-from ..errors import InputError, NotFittedError, check_choice
+from ..errors import DatatraceWarning, InputError, NotFittedError, check_choice
 from ..grads import num_parameters, select_parameters
 from ..scores import Scores
 from .costs import EnsembleCosts, tensor_bytes
@@ -274,6 +276,14 @@ class Ensemble:
                 for off, batch in data.batches(batch_size):
                     values = task.output_to_loss(member, to_device(batch, device))
                     q[j // per_model, off : off + len(values)] += values.double().cpu().numpy() / per_model
+        if np.all(q == q.flat[0]):
+            warnings.warn(
+                f"q_only=True changes nothing here: {type(task).__name__}'s out-to-loss term Q is the constant "
+                f"{q.flat[0]:g} whatever the mask (e.g. a causal LM, where TRAK's f = −loss), so the scores are the "
+                "clean models' TRAK. Use kind='dropout' without q_only to mask the gradients.",
+                DatatraceWarning,
+                stacklevel=3,
+            )
         return q.astype(np.float32)
 
     def _score_q_only(self, query: Data) -> Scores:
