@@ -314,7 +314,8 @@ def topic_of(document_id: str) -> str:
 def _target(bench: Benchmark, train: Data, query: Data, config: SelectConfig):
     """``(attributing half, evaluating half, in-domain indicator of the pool or None, source)`` of the target."""
     if isinstance(train, Corpus):
-        source, where = (bench.held_out(), "held-out documents") if bench.held_out else (query, "queries")
+        held_out = getattr(bench, "held_out", None)
+        source, where = (held_out(), "held-out documents") if held_out else (query, "queries")
         topics = np.array([topic_of(i) for i in source.ids])
         if config.target_class is not None:
             raise InputError(
