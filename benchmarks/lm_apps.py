@@ -4,13 +4,15 @@ Selection: the target domain is the fortunes topic ``computers``; 300 target doc
 outside the benchmark (150 attribute the selection, 150 evaluate it). Each method picks 300 of the 2,000 training
 documents by the summed proponent score over the target; a fresh TinyGPT (the benchmark's recipe, 300 steps) is trained
 on every selection for 5 seeds, and the target loss (mean next-byte NLL) and next-byte accuracy are compared with a
-random draw per seed and the oracle (the 131 ``computers`` documents of the pool first) at the same budget.
+random draw per seed and the oracle (the 131 ``computers`` documents of the pool first) at the same budget. (TRAK is
+left out of the selection for time: its fit costs about as much as the 25 retrainings.)
 Target: attribution-based selection beats random by more than the seed 95% interval.
 
 Contamination: 60 of the benchmark's queries are planted into the training corpus, 20 each as a verbatim copy, a
-prefix (first half of the characters) and a copy with 10% of its characters replaced; the model is trained on the
-2,060 documents and every method ranks the corpus for each item. Targets: Recall@10 of the verbatim copies ≥ 0.9 for
-the best method; fusion ≥ each of its members.
+prefix (the first quarter of the characters) and a copy with 30% of its characters replaced; the model is trained on
+the 2,060 documents and every method ranks the corpus for each item. Targets: Recall@10 of the verbatim copies ≥ 0.9
+for the best method; fusion ≥ each of its members. (Milder edits — half the characters, 10% replaced — are found by
+every method at Recall@10 = 1, which tells the methods apart no more.)
 
 Both are ``datatrace select`` / ``datatrace contamination`` runs; this script writes their YAML configs into ``--out``
 and runs them (``--only select`` or ``--only contamination`` for one). Run::
@@ -45,8 +47,8 @@ CONTAMINATION = {
     "methods": ["tfidf", "bm25", "graddot", "trak", "logra"],
     "n_items": 60,
     "kinds": ["verbatim", "prefix", "noise"],
-    "noise": 0.1,
-    "fragment": 0.5,
+    "noise": 0.3,
+    "fragment": 0.25,
     "ks": [1, 5, 10, 50],
     "fusions": [["trak", "tfidf"], ["logra", "tfidf"], ["graddot", "tfidf"]],
     "fusion": ["rank", "zscore"],
