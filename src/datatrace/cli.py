@@ -97,7 +97,8 @@ def select_command(
 
     cfg = _run_or_exit(load_config, config, SelectConfig)
     results = _run_or_exit(run_select, cfg, verbose=not quiet)
-    header = ["selection", "target loss", "95% CI", "accuracy", "95% CI"]
+    accuracy = "next-token accuracy" if results["accuracy"] == "next-token" else "accuracy"
+    header = ["selection", "target loss", "95% CI", accuracy, "95% CI"]
     rows = [
         [r["selection"], f"{r['loss']:.4f}", _ci(r["loss_ci"]), f"{r['accuracy']:.3f}", _ci(r["accuracy_ci"])]
         for r in results["rows"]

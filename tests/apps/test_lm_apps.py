@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 import datatrace as dt
 from datatrace.apps.contamination import plant_documents, text_noise, text_prefix
@@ -22,6 +23,7 @@ from datatrace.apps.qualitative import render_report, write_report
 from datatrace.apps.runs import load_run
 from datatrace.benchmarks import BENCHMARKS
 from datatrace.benchmarks.tinylm import TINYLM_MICRO, micro_gpt
+from datatrace.cli import app
 
 from .test_report import CHROMIUM, load_in_chromium, screenshot
 
@@ -207,3 +209,14 @@ def test_contamination_results_have_one_row_per_kind_and_method(micro, tmp_path)
     run_contamination(config, verbose=False)
     rows = json.loads((tmp_path / "c" / "results.json").read_text())["rows"]
     assert [(r["kind"], r["method"]) for r in rows] == [("verbatim", "tfidf"), ("verbatim", "random")]
+
+
+def test_contamination_command_prints_one_table_per_kind(micro, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"benchmark: micro-fast\nmethods: [tfidf]\nn_items: 4\nkinds: [verbatim, prefix]\nout: {tmp_path}\n"
+    )
+    result = CliRunner().invoke(app, ["contamination", str(config)])
+    assert result.exit_code == 0, result.output
+    for kind in ("all", "verbatim", "prefix"):
+        assert f"{kind} copies: {4 if kind == 'all' else 2} items" in result.output
