@@ -97,7 +97,8 @@ def select_command(
 
     cfg = _run_or_exit(load_config, config, SelectConfig)
     results = _run_or_exit(run_select, cfg, verbose=not quiet)
-    header = ["selection", "target loss", "95% CI", "accuracy", "95% CI"]
+    accuracy = "next-token accuracy" if results["accuracy"] == "next-token" else "accuracy"
+    header = ["selection", "target loss", "95% CI", accuracy, "95% CI"]
     rows = [
         [r["selection"], f"{r['loss']:.4f}", _ci(r["loss_ci"]), f"{r['accuracy']:.3f}", _ci(r["accuracy_ci"])]
         for r in results["rows"]
@@ -115,13 +116,15 @@ def contamination_command(
     from .apps.experiments import ContaminationConfig, load_config, run_contamination
 
     cfg = _run_or_exit(load_config, config, ContaminationConfig)
-    result, _ = _run_or_exit(run_contamination, cfg, verbose=not quiet)
-    header = ["method", *[f"R@{k}" for k in result.ks], "MRR", "95% CI"]
-    rows = [
-        [r["method"], *[f"{r[f'R@{k}']:.3f}" for k in result.ks], f"{r['MRR']:.3f}", _ci(r["MRR_ci"])]
-        for r in result.rows()
-    ]
-    _print_table(f"contamination audit, {cfg.n_items} items × {cfg.copies} copies", header, rows, quiet)
+    by_kind, _ = _run_or_exit(run_contamination, cfg, verbose=not quiet)
+    for kind, result in by_kind.items():
+        header = ["method", *[f"R@{k}" for k in result.ks], "MRR", "95% CI"]
+        rows = [
+            [r["method"], *[f"{r[f'R@{k}']:.3f}" for k in result.ks], f"{r['MRR']:.3f}", _ci(r["MRR_ci"])]
+            for r in result.rows()
+        ]
+        title = f"contamination audit, {kind} copies: {result.metadata['n_items']} items × {cfg.copies} copies"
+        _print_table(title, header, rows, quiet)
     typer.echo(f"results: {Path(cfg.out) / 'results.json'}; report: datatrace report {Path(cfg.out) / 'run'}")
 
 

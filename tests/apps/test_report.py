@@ -115,6 +115,26 @@ def test_tabular_and_text_reports(tmp_path):
     assert "&lt;b&gt;" in page
 
 
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
+
+
+def load_in_chromium(page) -> tuple[str, list[str]]:
+    """The DOM of ``page`` after its scripts ran in headless Chromium, and the console lines it logged."""
+    dom = subprocess.run(
+        [CHROMIUM, *FLAGS, "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True, timeout=120
+    )
+    return dom.stdout, [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
+
+
+def screenshot(page, shot):
+    """A PNG screenshot of ``page`` written to ``shot``."""
+    url = page.resolve().as_uri()
+    subprocess.run(
+        [CHROMIUM, *FLAGS, f"--screenshot={shot}", "--window-size=1200,1600", url], capture_output=True, timeout=120
+    )
+    return shot
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs the chromium browser")
 def test_report_renders_in_headless_chromium(image_run, tmp_path, capsys):
@@ -126,17 +146,11 @@ def test_report_renders_in_headless_chromium(image_run, tmp_path, capsys):
     external = html.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "http://" not in external and "https://" not in external  # no CDN, no remote resource
     assert set(re.findall(r'src="([a-z]+):', html)) == {"data"}  # images embedded
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
-    url = page.resolve().as_uri()
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
-    console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
+    dom, console = load_in_chromium(page)
     assert console == [], console
-    assert len(re.findall(r'class="card query-card"', dom.stdout)) == 5
-    assert '<b id="n-cards">5</b>' in dom.stdout  # written by the page's script
-    shot = tmp_path / "report.png"
-    subprocess.run(
-        [CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1200,1600", url], capture_output=True, timeout=120
-    )
+    assert len(re.findall(r'class="card query-card"', dom)) == 5
+    assert '<b id="n-cards">5</b>' in dom  # written by the page's script
+    shot = screenshot(page, tmp_path / "report.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with capsys.disabled():  # shown in the test log even when the test passes: the CI artefact's path
         print(f"\nreport screenshot: {shot}")
@@ -147,6 +161,5 @@ def test_console_check_catches_script_errors(tmp_path):
     """The check above is not vacuous: a page with an uncaught error produces a console line."""
     bad = tmp_path / "bad.html"
     bad.write_text("<!doctype html><html><body><script>notDefined();</script></body></html>")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0"]
-    out = subprocess.run([CHROMIUM, *flags, "--dump-dom", bad.as_uri()], capture_output=True, text=True, timeout=120)
-    assert any("Uncaught ReferenceError" in line for line in out.stderr.splitlines() if ":CONSOLE" in line)
+    _, console = load_in_chromium(bad)
+    assert any("Uncaught ReferenceError" in line for line in console)

@@ -6,7 +6,7 @@ blocks where the full matrix need not exist.
 """
 
 from .cleaning import CleaningResult, mislabel_cleaning
-from .contamination import ContaminationResult, contamination, fuse, plant_copies
+from .contamination import ContaminationResult, contamination, fuse, plant_copies, plant_documents
 from .qualitative import render_report, write_report
 from .runs import Run, load_run, save_run
 from .select import Selection, select, select_oracle, select_random
@@ -21,6 +21,7 @@ __all__ = [
     "load_run",
     "mislabel_cleaning",
     "plant_copies",
+    "plant_documents",
     "render_report",
     "save_run",
     "select",

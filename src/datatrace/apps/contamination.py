@@ -10,12 +10,14 @@ the fusion of two attributors (the paper's LoGRA + STRIDE). :func:`fuse` combine
 - ``"zscore"``: mean over methods of the row-standardised scores (score − row mean) / row standard deviation;
   keeps how far an example stands out, not only its order.
 
-:func:`plant_copies` builds a contaminated training set from tensor data (images, tabular rows, token ids) for the
-experiment.
+:func:`plant_copies` builds a contaminated training set from tensor data (images, tabular rows);
+:func:`plant_documents` inserts documents into a text :class:`~datatrace.lm.Corpus`, keeping its tokens, texts and ids
+consistent. :func:`text_noise` and :func:`text_prefix` are the perturbed copies of a text (typos, a partial copy).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +32,7 @@ from .._utils import derive_seed
 from ..data import Data, as_data
 from ..errors import InputError, check_choice
 from ..eval.metrics import RetrievalResult, ScoresLike, as_scores, retrieval, score_blocks
+from ..lm.corpus import Corpus
 from ..scores import Scores
 
 FUSIONS = ("rank", "zscore")
@@ -43,6 +46,7 @@ class ContaminationResult:
 
     Attributes:
         methods: ``{name: RetrievalResult}`` per attributor and per fusion (named ``"a+b"``).
+        metadata: ``fusion``, ``n_test`` (test items), ``n_items`` (those with planted copies), ``n_corpus``.
         random: ``{"recall": {k: expected Recall@k}, "mrr": expected MRR}`` of a uniformly random ranking.
         ks: the cut-offs.
         planted: per test item, the corpus indices of its planted copies.
@@ -122,7 +126,8 @@ def contamination(
     ks = tuple(int(k) for k in ks)
     methods = {name: retrieval(s, planted, ks, n_bootstrap, seed) for name, s in all_scores.items()}
     random = random_retrieval(planted, n_corpus, ks)
-    meta = {"fusion": fusion if fusions else None, "n_test": n_test, "n_corpus": n_corpus}
+    n_items = sum(1 for p in planted if len(p))
+    meta = {"fusion": fusion if fusions else None, "n_test": n_test, "n_items": n_items, "n_corpus": n_corpus}
     return ContaminationResult(methods, random, ks, planted, meta)
 
 
@@ -255,6 +260,69 @@ def plant_copies(
         out.append(merged)
     planted = [positions[source == j] for j in range(n_items)]
     return Data(tuple(out), "train"), planted
+
+
+def plant_documents(train: Corpus, documents: Corpus, seed: int = 0) -> tuple[Corpus, np.ndarray]:
+    """Insert ``documents`` at seeded random positions of the text corpus ``train`` (as :func:`plant_copies` does).
+
+    Args:
+        train: the training corpus.
+        documents: the documents to plant, tokenised with the same tokenizer (e.g. ``items.subset(...)`` for verbatim
+            copies or ``dt.lm.corpus(edited_texts, train.tokenizer, ids=..., max_length=...)`` for edited ones), with
+            ids that are not in ``train`` (so that each copy is recognisable by its id).
+
+    Returns:
+        ``(contaminated, positions)``: the corpus with every example's tokens, loss mask, text and id moved together
+        (the original examples keep their relative order), and the position of each planted document in it.
+    """
+    if not isinstance(train, Corpus) or not isinstance(documents, Corpus):
+        raise InputError("plant_documents takes two dt.lm.Corpus objects; use plant_copies for tensor data.")
+    if type(train.tokenizer) is not type(documents.tokenizer) or train.tokenizer.vocab_size != (
+        documents.tokenizer.vocab_size
+    ):
+        raise InputError(
+            f"The documents were tokenised with {documents.tokenizer!r}, the corpus with {train.tokenizer!r}."
+        )
+    clash = sorted(set(train.ids) & set(documents.ids))
+    if clash:
+        raise InputError(f"Planted documents need ids not in the corpus; these are already there: {clash[:5]}.")
+    width = train.tensors()[0].shape[1]
+    input_ids, loss_mask = documents.tensors()
+    if input_ids.shape[1] > width:
+        raise InputError(
+            f"The documents have {input_ids.shape[1]} tokens, the corpus {width}: tokenise them with "
+            f"max_length={width}."
+        )
+    pad = width - input_ids.shape[1]
+    input_ids = torch.nn.functional.pad(input_ids, (0, pad), value=int(train.tokenizer.pad_id))
+    loss_mask = torch.nn.functional.pad(loss_mask, (0, pad), value=0.0)
+    merged, planted = plant_copies(train, (input_ids, loss_mask), seed=seed)
+    positions = np.concatenate(planted)
+    source = np.zeros(len(merged), dtype=np.int64)  # where each example comes from: i ≥ 0 train[i], −1 − j document j
+    source[positions] = -1 - np.arange(len(documents))
+    source[source == 0] = np.arange(len(train))
+    ids = [train.ids[i] if i >= 0 else documents.ids[-1 - i] for i in source]
+    texts = [train.texts[i] if i >= 0 else documents.texts[-1 - i] for i in source]
+    contaminated = Corpus(*merged.tensors(), ids, texts, train.tokenizer, train.name)
+    return contaminated, positions
+
+
+def text_noise(text: str, rate: float, rng: np.random.Generator) -> str:
+    """``text`` with typos: each character independently, with probability ``rate``, replaced by a random lower-case
+    letter or space."""
+    if not 0 <= rate <= 1:
+        raise InputError(f"rate must be in [0, 1], got {rate}.")
+    alphabet = "abcdefghijklmnopqrstuvwxyz "
+    edit = rng.random(len(text)) < rate
+    letters = rng.integers(len(alphabet), size=len(text))
+    return "".join(alphabet[j] if e else c for c, e, j in zip(text, edit, letters))
+
+
+def text_prefix(text: str, fraction: float) -> str:
+    """The first ``ceil(fraction · len(text))`` characters of ``text`` (a partial copy)."""
+    if not 0 < fraction <= 1:
+        raise InputError(f"fraction must be in (0, 1], got {fraction}.")
+    return text[: math.ceil(fraction * len(text))]
 
 
 def _row_moments(scores: Scores) -> tuple[Tensor, Tensor]:

@@ -87,6 +87,8 @@ class _View:
         self.class_names = run.info.get("class_names")
 
     def label(self, which: str, i: int) -> str:
+        if self.modality == "text" and "id" in self.texts[which][i]:
+            return str(self.texts[which][i]["id"])
         tensors = self.tensors[which]
         if len(tensors) < 2 or tensors[-1][i].numel() != 1:
             return ""
@@ -107,7 +109,8 @@ class _View:
 
 def _card(run: Run, view: _View, q: int) -> str:
     label = view.label("query", q)
-    search = f"query {q} {label} " + (run.query_text[q].get("text", "")[:200] if run.query_text else "")
+    text = run.query_text[q] if run.query_text else {}
+    search = f"query {q} {label} " + (text.get("text", "") + text.get("continuation", ""))[:200]
     parts = [
         f'<div class="card query-card" data-search="{html.escape(search.lower())}">',
         f"<h3>query {q} {html.escape(label)}</h3>",

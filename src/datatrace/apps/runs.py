@@ -107,7 +107,8 @@ def save_run(
             else tabular.
         image_shape: ``(H, W)``, ``(1, H, W)`` or ``(3, H, W)`` of one input (images).
         feature_names, class_names: labels for tabular features and class indices.
-        texts: ``{"train": [...], "query": [...]}`` of ``{"text": str, "continuation": str, "tokens": [str]}``.
+        texts: ``{"train": [...], "query": [...]}`` of ``{"text": str, "continuation": str, "tokens": [str],
+            "id": str}`` (only ``text`` required; the report labels an example by its ``id``).
         evaluation: ``{method: {"lds": LDSResult | dict, "retrieval": RetrievalResult | dict}}``.
         benchmark: name of the built-in benchmark whose ``data()`` are ``train, query``; the data files are then
             not written (the fingerprints are still recorded and checked on load).

@@ -2,7 +2,8 @@
 
 ``tinylm-fortunes``: 2,000 training documents of the Debian ``fortunes`` package (documents of at least 48
 characters, ``ascii-art`` excluded, shuffled with seed 0, each cut to its first 64 byte tokens incl. ``<bos>``)
-and 200 held-out documents as queries (measurement: their mean next-byte NLL). Model: :class:`TinyGPT` (138k
+and 200 held-out documents as queries (measurement: their mean next-byte NLL); the ≈ 11,000 other fortunes are its
+``held_out`` documents (target domains for data selection). Model: :class:`TinyGPT` (138k
 parameters), 300 AdamW steps of 32 documents. Ground truth (the STRIDE protocol): 64 random 30% subsets, each
 retrained from scratch with 2 seeds using common random numbers (run r of every subset uses the same
 initialisation and data-order seed), measurements averaged over the seeds. Cost: 128 trainings of ≈ 10–15 s on one
@@ -15,6 +16,7 @@ no system package needed), 500 training / 100 query documents, a 44k-parameter T
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,11 +48,16 @@ class LMBenchmark(Benchmark):
 
     Ground truth defaults to 2 seeds per subset with common random numbers (the noise ceiling needs ≥ 2 seeds, and
     shared seeds make subsets differ by their data only).
+
+    Attributes:
+        held_out: ``() -> Corpus`` of documents from the same source that are neither training nor query documents,
+            tokenised the same way (e.g. target-domain documents for ``datatrace select``); ``None``: none.
     """
 
     task: Task = field(default_factory=CausalLMTask)
     seeds_per_subset: int = 2
     common_random_numbers: bool = True
+    held_out: Callable[[], Corpus] | None = None
 
     def data(self) -> tuple[Corpus, Corpus]:
         return self.load()
@@ -62,17 +69,27 @@ FORTUNES_TRAIN, FORTUNES_QUERY, FORTUNES_MIN_CHARS = 2000, 200, 48
 
 def fortunes_split() -> tuple[Corpus, Corpus]:
     """2,000 training and 200 query fortunes as byte-level corpora of at most 64 tokens."""
+    docs = _fortunes_corpus(0, FORTUNES_TRAIN + FORTUNES_QUERY, "fortunes")
+    return docs.subset(range(FORTUNES_TRAIN)), docs.subset(range(FORTUNES_TRAIN, FORTUNES_TRAIN + FORTUNES_QUERY))
+
+
+def fortunes_held_out() -> Corpus:
+    """The fortunes outside the benchmark's 2,200 (same filter, order and tokenisation): ≈ 11,000 documents."""
+    return _fortunes_corpus(FORTUNES_TRAIN + FORTUNES_QUERY, None, "fortunes-held-out")
+
+
+def _fortunes_corpus(start: int, stop: int | None, name: str) -> Corpus:
+    """Documents ``start:stop`` of the fortunes (≥ 48 characters) shuffled with seed 0, cut to 64 byte tokens."""
     texts, ids = load_fortunes(min_chars=FORTUNES_MIN_CHARS)
-    order = np.random.default_rng(0).permutation(len(texts))[: FORTUNES_TRAIN + FORTUNES_QUERY]
-    docs = corpus(
+    order = np.random.default_rng(0).permutation(len(texts))[start:stop]
+    return corpus(
         [texts[i] for i in order],
         ByteTokenizer(),
         ids=[ids[i] for i in order],
         max_length=64,
         on_overflow="truncate",
-        name="fortunes",
+        name=name,
     )
-    return docs.subset(range(FORTUNES_TRAIN)), docs.subset(range(FORTUNES_TRAIN, FORTUNES_TRAIN + FORTUNES_QUERY))
 
 
 def train_fortunes_gpt(data: Data, seed: int) -> nn.Module:
@@ -88,6 +105,7 @@ TINYLM_FORTUNES = LMBenchmark(
     train_fn=train_fortunes_gpt,
     n_subsets=64,
     fraction=0.3,
+    held_out=fortunes_held_out,
 )
 
 
