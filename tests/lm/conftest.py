@@ -29,14 +29,14 @@ def hf_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
-def tiny_llama(vocab_size: int = 300, seed: int = 0):
-    """A 2-layer Llama (HF transformers) with random weights, in eval mode."""
+def tiny_llama(vocab_size: int = 300, seed: int = 0, layers: int = 2):
+    """A Llama (HF transformers) with ``layers`` decoder layers and random weights, in eval mode."""
     transformers = pytest.importorskip("transformers")
     config = transformers.LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=128,

@@ -10,25 +10,14 @@ import datatrace as dt
 from datatrace.grads import per_example_gradients
 from datatrace.lm.synthetic import synthetic_texts
 
-from .conftest import tiny_gpt
+from .conftest import tiny_gpt, tiny_llama
 
 TOP = ["model.layers.2.self_attn.v_proj.weight", "model.layers.2.mlp.down_proj.weight", "lm_head.weight"]
 
 
 @pytest.fixture(scope="module")
 def llama_and_data(hf_tokenizer):
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(
-        vocab_size=len(hf_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
+    model = tiny_llama(len(hf_tokenizer), layers=3)
     texts, ids = synthetic_texts(24, seed=7)
     data = dt.lm.corpus(texts, hf_tokenizer, ids=ids, max_length=64)  # right-padded, documents of unequal length
     return model, data
