@@ -2,7 +2,7 @@
 fit time against n.
 
     OMP_NUM_THREADS=1 python benchmarks/stride_lds.py [--bench digits-mlp] [--parts compare,ablation,fidelity,fit_n]
-        [--json out.json]
+        [--ablations "steps 1000;rank=64"] [--json out.json]
 
 - ``compare``: every method at its defaults on the benchmark's model (seed 0) and ground truth (64 random halves
   × 2 seeds): LDS (Spearman, mean over the 100 queries, 95% bootstrap CI) and wall time of ``fit`` + ``score``.
@@ -84,8 +84,13 @@ ABLATIONS = {
 }
 
 
-def ablation(bench, model, train, query, gt, out):
+def ablation(bench, model, train, query, gt, out, names=None):
+    unknown = set(names or ()) - set(ABLATIONS)
+    if unknown:
+        raise SystemExit(f"unknown ablations {sorted(unknown)}; valid: {list(ABLATIONS)}")
     for name, kw in ABLATIONS.items():
+        if names and name not in names:
+            continue
         a = dt.STRIDE(model, bench.task, verbose=False, **kw)
         start = time.perf_counter()
         a.fit(train)
@@ -151,6 +156,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bench", default="digits-mlp")
     parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--ablations", help="only these ablation settings, separated by ';' (default: all)")
     parser.add_argument("--json")
     args = parser.parse_args()
     parts = args.parts.split(",")
@@ -166,7 +172,7 @@ def main() -> None:
     if "fit_n" in parts:
         fit_n(bench, model, train, out)
     if "ablation" in parts:
-        ablation(bench, model, train, query, gt, out)
+        ablation(bench, model, train, query, gt, out, args.ablations and args.ablations.split(";"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2, default=float)
