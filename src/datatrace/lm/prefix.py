@@ -27,7 +27,7 @@ import inspect
 import torch
 from torch import Tensor, nn
 
-from .._utils import layer_stack, model_device, track
+from .._utils import check_eval_mode, layer_stack, model_device, track
 from ..data import Data, as_data
 from ..errors import InputError
 from .task import logits_of
@@ -55,8 +55,10 @@ class PrefixCache:
         stack = layer_stack(model)
         if not 0 < start < len(stack):
             raise InputError(f"start must be in 1..{len(stack) - 1} (the model has {len(stack)} decoder layers).")
+        check_eval_mode(model)
         self.model, self.start = model, start
         self.layers_path = stack[0][0].rpartition(".")[0]
+        self._first_upper_layer = stack[start][1]
         self.upper = _upper_model(model, self.layers_path.split("."), start)
         self._checked = False
 
@@ -80,13 +82,12 @@ class PrefixCache:
 
     def _hidden_states(self, input_ids: Tensor) -> Tensor:
         captured: list[Tensor] = []
-        layer = dict(self.model.named_modules())[f"{self.layers_path}.{self.start}"]
 
         def grab(module, args, kwargs):
             captured.append(args[0] if args else kwargs["hidden_states"])
             raise _Captured
 
-        handle = layer.register_forward_pre_hook(grab, with_kwargs=True)
+        handle = self._first_upper_layer.register_forward_pre_hook(grab, with_kwargs=True)
         try:
             self.model(input_ids)
         except _Captured:
