@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
-from .._utils import derive_seed, model_device, track
+from .._utils import derive_seed, model_device, output_tensor, track
 from ..data import Data, to_device
 from ..errors import InputError, NonFiniteError
 from ..grads import _Bound
@@ -69,11 +69,11 @@ class OutputSplit:
 
     def forward(self) -> Tensor:
         """The model output on the batch (with autograd, hooks and all)."""
-        return _tensor(self.model(*self.args, **self.kwargs))
+        return output_tensor(self.model(*self.args, **self.kwargs))
 
     def output(self, state: dict[str, Tensor]) -> Tensor:
         """The model output with parameters and buffers ``state`` (a ``functional_call``)."""
-        return _tensor(functional_call(self.model, state, self.args, self.kwargs))
+        return output_tensor(functional_call(self.model, state, self.args, self.kwargs))
 
     def loss_of_output(self, z: Tensor) -> Tensor:
         """Per-example losses ``(B,)`` of the batch if the model had output ``z``."""
@@ -114,11 +114,6 @@ class OutputSplit:
             )
         eigval, eigvec = torch.linalg.eigh(lam)
         return (eigvec * eigval.clamp_min(0).sqrt().unsqueeze(1)).to(z.dtype)
-
-
-def _tensor(output) -> Tensor:
-    """A model's output as a tensor: Hugging Face models return an object whose ``logits`` the task reads."""
-    return output.logits if hasattr(output, "logits") else output
 
 
 class _Recorder(nn.Module):
