@@ -275,13 +275,13 @@ def _edit(kind: str, text: str, config, rng: np.random.Generator) -> str:
 def _evaluate_selection(name, pick, bench: Benchmark, train: Data, evaluate: Data, config) -> dict[str, Any]:
     """Train a fresh model on the selection for each seed; target loss and accuracy as mean and 95% t-interval."""
     loss, acc = [], []
+    score_accuracy = next_token_accuracy if isinstance(bench.task, CausalLMTask) else accuracy
     for seed in config.seeds:
         selection = pick(seed)
         model = bench.train_fn(train.subset(np.sort(selection.indices)), seed)
         with torch.no_grad():
             loss.append(float(bench.task.loss(model, evaluate.tensors()).mean()))
-            is_lm = isinstance(bench.task, CausalLMTask)
-            acc.append(next_token_accuracy(model, evaluate) if is_lm else accuracy(model, evaluate))
+            acc.append(score_accuracy(model, evaluate))
     return {"selection": name, **_mean_ci("loss", loss), **_mean_ci("accuracy", acc)}
 
 
