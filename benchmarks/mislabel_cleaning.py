@@ -25,6 +25,7 @@ from sklearn.datasets import load_digits
 
 from datatrace import TRAK, GradDot, InfluenceFunction
 from datatrace.apps.cleaning import mislabel_cleaning
+from datatrace.apps.experiments import mean_ci
 from datatrace.benchmarks import get
 from datatrace.benchmarks.recipes import split
 from datatrace.data import Data
@@ -79,13 +80,20 @@ def main() -> None:
                 f"oracle {result.accuracy_oracle:.4f})"
             )
         print(f"seed {seed}: {seconds:.0f} s")
-    for method in chosen:
-        mine = [r for r in rows if r["method"] == method]
-        gain = np.array([r["accuracy_after"] - r["accuracy_before"] for r in mine])
-        auc = np.array([r["auc"] for r in mine])
+    gains = {
+        method: [r["accuracy_after"] - r["accuracy_before"] for r in rows if r["method"] == method] for method in chosen
+    }
+    first = [r for r in rows if r["method"] == next(iter(chosen))]  # one row per seed for the references
+    gains["random removal"] = [r["accuracy_random"] - r["accuracy_before"] for r in first]
+    gains["oracle"] = [r["accuracy_oracle"] - r["accuracy_before"] for r in first]
+    for name, gain in gains.items():
+        summary = mean_ci("gain", 100 * np.array(gain))
+        low, high = summary["gain_ci"]
+        auc = [r["auc"] for r in rows if r["method"] == name]
+        shown = f"AUC {min(auc):.3f}–{max(auc):.3f}; " if auc else ""
         print(
-            f"{method:>12}: AUC mean {auc.mean():.3f} (min {auc.min():.3f}); accuracy gain mean {gain.mean():+.4f} "
-            f"(min {gain.min():+.4f}) over {len(mine)} seeds"
+            f"{name:>14}: {shown}accuracy change {summary['gain']:+.2f} points [95% t-interval {low:+.2f}, "
+            f"{high:+.2f}] over {len(gain)} seeds"
         )
     if args.json:
         with open(args.json, "w") as f:

@@ -282,7 +282,7 @@ def _evaluate_selection(name, pick, bench: Benchmark, train: Data, evaluate: Dat
         with torch.no_grad():
             loss.append(float(bench.task.loss(model, evaluate.tensors()).mean()))
             acc.append(score_accuracy(model, evaluate))
-    return {"selection": name, **_mean_ci("loss", loss), **_mean_ci("accuracy", acc)}
+    return {"selection": name, **mean_ci("loss", loss), **mean_ci("accuracy", acc)}
 
 
 def next_token_accuracy(model: torch.nn.Module, data: Data, batch_size: int = 256) -> float:
@@ -297,7 +297,8 @@ def next_token_accuracy(model: torch.nn.Module, data: Data, batch_size: int = 25
     return total / len(data)
 
 
-def _mean_ci(name: str, values: Sequence[float]) -> dict[str, Any]:
+def mean_ci(name: str, values: Sequence[float]) -> dict[str, Any]:
+    """``{name: mean, name_ci: 95% t-interval over the values (NaN for one value), name_seeds: the values}``."""
     values = np.asarray(values, dtype=np.float64)
     mean = float(values.mean())
     if len(values) < 2:
