@@ -52,8 +52,9 @@ class STRIDE(Attributor):
         layer: where the operators act: index into the model's layer stack, module name, or ``None`` (activation
             mode: layer ⌊0.625·L⌉ − 1; logit mode: the input of the last layer).
         mode: ``"activation"``, ``"logit"`` or ``"auto"`` (logit for ``(B, C)`` outputs, activation for sequences).
-        steps, subsets_per_step, examples_per_subset, lr, basis_lr, stability, linearity, patience: operator
-            training (``patience`` > 0: early stopping on held-out subset members, no query LDS), see
+        steps, subsets_per_step, examples_per_subset, lr, basis_lr, stability, linearity, patience, refine: operator
+            training (``patience`` > 0: early stopping on held-out subset members, no query LDS; ``refine``: in logit
+            mode, solve each a_k to the minimum of its objective after the Adam phase), see
             :class:`~datatrace.stride.training.TrainingConfig`.
         alpha: Lasso λ as a fraction of λ_max per query, or ``"heldout"`` (chosen on held-out subsets).
         solver: ``"fista"``, ``"cd"`` or ``"omp"``.
@@ -86,6 +87,7 @@ class STRIDE(Attributor):
         stability: float = TrainingConfig.stability,
         linearity: float = TrainingConfig.linearity,
         patience: int = TrainingConfig.patience,
+        refine: str = TrainingConfig.refine,
         alpha: float | str = DEFAULT_ALPHA,
         solver: str = "fista",
         tie_break: bool = True,
@@ -103,9 +105,17 @@ class STRIDE(Attributor):
         self.mode = check_choice("mode", mode, ("auto", *MODES))
         self.steps, self.subsets_per_step, self.examples_per_subset = steps, subsets_per_step, examples_per_subset
         self.lr, self.basis_lr, self.stability, self.linearity = lr, basis_lr, stability, linearity
-        self.patience = patience
+        self.patience, self.refine = patience, refine
         self.training_config = TrainingConfig(
-            steps, subsets_per_step, examples_per_subset, lr, basis_lr, stability, linearity, patience=patience
+            steps,
+            subsets_per_step,
+            examples_per_subset,
+            lr,
+            basis_lr,
+            stability,
+            linearity,
+            patience=patience,
+            refine=refine,
         )
         self.alpha, self.solver, self.tie_break = alpha, check_choice("solver", solver, SOLVERS), tie_break
         if not (alpha == "heldout" or (isinstance(alpha, (int, float)) and alpha > 0)):

@@ -13,7 +13,9 @@ members and as many non-members, so the cost of a step does not depend on K or n
 - linearity (off by default): ‖(I − H) y‖² for the responses y ∈ R^K of a few probe examples to all operators,
   H = M̃(M̃ᵀM̃ + γI)⁻¹M̃ᵀ the ridge hat matrix of a JL sketch M̃ = M R (K × q) of the membership matrix.
 
-Optimiser: Adam on ψ and sparse ("lazy") Adam on the a_k, so an operator only moves when its subset is drawn.
+Optimiser: Adam on ψ and sparse ("lazy") Adam on the a_k, so an operator only moves when its subset is drawn. In
+logit mode the a_k are then solved to the minimum of their own objective with the basis fixed
+(:mod:`~datatrace.stride.refine`, ``refine="newton"``, the default there).
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ from torch import Tensor
 
 from .._utils import derive_seed, model_device, show_progress
 from ..data import Data, to_device
-from ..errors import InputError, NonFiniteError
+from ..errors import InputError, NonFiniteError, check_choice
 from ..projection import RandomProjector
 from ..store import load_tensors, save_tensors
 from ..task import RegressionTask, Task
 from .design import Design
 from .operators import Outputs, SteeredModel, SteeringOperators
+from .refine import MAX_UNKNOWNS, RefineLog, refine_operators
+
+REFINE = ("auto", "newton", "none")
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,10 @@ class TrainingConfig:
             and of one non-member per subset under their operators is computed, and training stops after
             ``patience`` checks without improvement, restoring the best operators. Uses no query or LDS.
         validate_every: steps between early-stopping checks.
+        refine: ``"newton"`` solves each a_k to the minimum of fidelity (all members) + stability (second order,
+            all non-members) after the Adam phase, basis fixed (logit mode only; :mod:`~datatrace.stride.refine`);
+            ``"none"`` keeps the Adam iterate; ``"auto"`` = newton in logit mode when r·C ≤
+            :data:`~datatrace.stride.refine.MAX_UNKNOWNS` and the linearity loss (which couples the operators) is off.
     """
 
     steps: int = 300
@@ -70,8 +79,10 @@ class TrainingConfig:
     sketch_dim: int | None = None
     patience: int = 0
     validate_every: int = 25
+    refine: str = "auto"
 
     def __post_init__(self):
+        check_choice("refine", self.refine, REFINE)
         for name in ("steps", "subsets_per_step", "examples_per_subset", "probes", "validate_every"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be ≥ 1, got {getattr(self, name)}.")
@@ -89,17 +100,34 @@ class TrainingConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def refines(self, steered: SteeredModel) -> bool:
+        """Whether the Newton refinement runs for these operators (resolves ``"auto"``; refuses impossible asks)."""
+        if self.refine == "none":
+            return False
+        ops = steered.operators
+        if self.refine == "auto":
+            return steered.mode == "logit" and ops.rank * ops.out_dim <= MAX_UNKNOWNS and self.linearity == 0
+        if steered.mode != "logit":
+            raise InputError("refine='newton' needs logit mode (in activation mode a_k is not linear in the outputs).")
+        if self.linearity > 0:
+            raise InputError(
+                "refine='newton' solves each operator alone and would drop the linearity loss, which "
+                "couples them: set linearity=0 or refine='none'."
+            )
+        return True
+
 
 @dataclass
 class TrainingLog:
     """Loss terms per step (means over the step's batch); with early stopping, the held-out loss per check and the
-    step whose operators were kept."""
+    step whose operators were kept; with refinement, its log (objective before and after)."""
 
     fidelity: list[float] = field(default_factory=list)
     stability: list[float] = field(default_factory=list)
     linearity: list[float] = field(default_factory=list)
     validation: list[float] = field(default_factory=list)
     best_step: int | None = None
+    refine: RefineLog | None = None
 
 
 def train_operators(
@@ -114,6 +142,7 @@ def train_operators(
     """Train ``steered.operators`` in place on ``data`` with subsets ``design``; returns the loss log."""
     ops = steered.operators
     device = model_device(steered.model)
+    refine = config.refines(steered)  # before the Adam phase: an impossible refine request fails fast
     sampler = SubsetSampler(design, derive_seed(seed, "stride-sampler"))
     optimisers = [
         torch.optim.Adam([ops.basis], lr=config.basis_lr),
@@ -169,6 +198,8 @@ def train_operators(
         with torch.no_grad():
             ops.basis.copy_(best_state[0])
             ops.steer.weight.copy_(best_state[1])
+    if refine:
+        log.refine = refine_operators(steered, task, data, design, config.stability, divergence, verbose=verbose)
     return log
 
 
