@@ -17,7 +17,7 @@ STABILITY = 10.0
 def refined():
     x, y = blobs(n=90)
     model = fit(mlp(), x, y).eval()
-    options = dict(n_subsets=30, degree=3, rank=4, steps=30, subsets_per_step=8, examples_per_subset=4)
+    options = dict(n_subsets=30, degree=3, rank=4, damping=0.5, steps=30, subsets_per_step=8, examples_per_subset=4)
     a = dt.STRIDE(model, TASK, stability=STABILITY, verbose=False, **options).fit((x, y))
     return a, model, x, y
 
@@ -29,23 +29,24 @@ def features(a, model, x):
 
 
 def for_loop_objective(k, a, model, x, y):
-    """J_k(·) written out: mean cross-entropy of the members + stability · ½ aᵀG_k a, G_k the mean over non-members
-    of φφᵀ ⊗ (diag p − ppᵀ), one example at a time."""
+    """J_k(·) written out: mean cross-entropy of the members + stability · ½ aᵀG_k a + ½ρ‖a‖², G_k the mean over
+    non-members of φφᵀ ⊗ (diag p − ppᵀ), one example at a time, and ρ = damping · stability · trace(Ḡ)/P with Ḡ the
+    same mean over all examples."""
     phi, out = features(a, model, x)
     members = set(a.design_.members(k).tolist())
     r, c = phi.shape[1], out.shape[1]
-    g = torch.zeros(r * c, r * c, dtype=torch.float64)
-    outside = [i for i in range(len(x)) if i not in members]
-    for i in outside:
+    per_example = []
+    for i in range(len(x)):
         p = out[i].softmax(-1)
-        g += torch.kron(torch.outer(phi[i], phi[i]), torch.diag(p) - torch.outer(p, p))
-    g /= len(outside)
+        per_example.append(torch.kron(torch.outer(phi[i], phi[i]), torch.diag(p) - torch.outer(p, p)))
+    g = sum(per_example[i] for i in range(len(x)) if i not in members) / (len(x) - len(members))
+    ridge = a.damping * STABILITY * float(sum(per_example).trace()) / (len(x) * r * c)
     idx = sorted(members)
 
     def objective(mat):
         fid = F.cross_entropy(out[idx] + phi[idx] @ mat, y[idx])
         v = mat.reshape(-1)
-        return fid + STABILITY * 0.5 * v @ g @ v
+        return fid + STABILITY * 0.5 * v @ g @ v + 0.5 * ridge * v @ v
 
     return objective
 
@@ -112,6 +113,8 @@ def test_refine_choices(refined):
     _, model, x, y = refined
     with pytest.raises(dt.UnknownOptionError, match="refine"):
         dt.STRIDE(model, TASK, refine="lbfgs")
+    with pytest.raises(dt.InputError, match="damping"):
+        dt.STRIDE(model, TASK, damping=-1.0)
     with pytest.raises(dt.InputError, match="linearity"):
         dt.STRIDE(model, TASK, refine="newton", linearity=1.0, n_subsets=20, degree=2, steps=2, verbose=False).fit(
             (x, y)

@@ -93,6 +93,7 @@ def test_logit_mode_operator_shapes_and_parameter_count(classifier):
     assert ops.basis.shape == (8, 5) and ops.steer.weight.shape == (40, 5 * 3)
     assert a.n_params_ == 8 * 5 + 40 * 5 * 3
     assert a.design_.shape == (40, 100) and a.design_.degree == 4
+    assert small(model).fit(train).rank_ == 8  # default: DEFAULT_RANK["logit"] = 64, capped at the feature width
 
 
 def test_activation_mode_on_a_causal_transformer():
@@ -103,6 +104,7 @@ def test_activation_mode_on_a_causal_transformer():
     ops = a.steered_.operators
     assert ops.basis.shape == (16, 3) and ops.steer.weight.shape == (40, 3 * 16)
     assert a.n_params_ == 16 * 3 + 40 * 3 * 16
+    assert small(model, NextToken(), steps=1).fit(train).rank_ == 16  # default: DEFAULT_RANK["activation"]
     scores = a.score(query)
     assert scores.shape == (5, 40) and np.isfinite(scores.values).all()
 
@@ -271,11 +273,12 @@ def test_non_finite_query_is_refused(classifier):
 
 @pytest.mark.slow
 def test_lds_floor_on_digits_mlp():
-    """STRIDE at its defaults (K=1000, d=10, rank 16, 300 steps, λ = 0.1·λ_max) on digits-mlp, seed 0, against 16
-    retrained random halves × 2 seeds. Measured LDS 0.386 [0.331, 0.435]; against the benchmark's full 64-subset
-    ground truth 0.439 [0.407, 0.471] (TRAK 0.663, LoGra 0.658, Grad-Dot 0.262: benchmarks/stride_lds.py)."""
+    """STRIDE at its defaults (K=1000, d=10, logit mode rank 64, 300 Adam steps + Newton refinement with damping 1,
+    λ = 0.1·λ_max) on digits-mlp, seed 0, against 16 retrained random halves × 2 seeds. Measured LDS 0.562
+    [0.519, 0.604]; against the benchmark's full 64-subset ground truth 0.596 [0.565, 0.626] (TRAK 0.663, LoGra 0.658,
+    Grad-Dot 0.262: benchmarks/stride_lds.py). Before the refinement (Adam iterate, rank 16) it was 0.386 here."""
     bench = get("digits-mlp")
     gt = bench.ground_truth(workers=2, n_subsets=16, verbose=False)
     train, query = bench.data()
     res = dt.eval.lds(dt.STRIDE(bench.model(), bench.task, verbose=False).fit(train).score(query), gt)
-    assert res.mean >= 0.33, str(res)
+    assert res.mean >= 0.50, str(res)

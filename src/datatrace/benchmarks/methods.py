@@ -259,7 +259,7 @@ register(
 
 register(
     "stride",
-    "STRIDE: Lasso recovery from learned per-subset steering operators (K=1000, d=10, rank 16)",
+    "STRIDE: Lasso recovery from learned per-subset steering operators (K=1000, d=10, Newton-refined)",
     lambda ctx, **o: STRIDE(ctx.model, ctx.task, **o),
 )
 

@@ -48,14 +48,17 @@ class STRIDE(Attributor):
         task: the task: operators are trained on its loss; scores explain its measurement.
         n_subsets: K; ``None`` = :func:`~datatrace.stride.design.auto_size` (1000 for n ≥ 1000, else n).
         degree: d, subsets per example; ``None`` = auto_size (10 for n ≥ 40).
-        rank: r, rank of the shared basis.
+        rank: r, rank of the shared basis; ``None`` = ``DEFAULT_RANK[mode]`` (at most the tapped feature width): 16
+            in activation mode (the paper's released operators), 64 in logit mode, where a_k ∈ R^{r×C} stays small
+            and the refined operators gain from the larger rank (benchmarks/stride_lds.py ablation).
         layer: where the operators act: index into the model's layer stack, module name, or ``None`` (activation
             mode: layer ⌊0.625·L⌉ − 1; logit mode: the input of the last layer).
         mode: ``"activation"``, ``"logit"`` or ``"auto"`` (logit for ``(B, C)`` outputs, activation for sequences).
-        steps, subsets_per_step, examples_per_subset, lr, basis_lr, stability, linearity, patience, refine: operator
-            training (``patience`` > 0: early stopping on held-out subset members, no query LDS; ``refine``: in logit
-            mode, solve each a_k to the minimum of its objective after the Adam phase), see
-            :class:`~datatrace.stride.training.TrainingConfig`.
+        steps, subsets_per_step, examples_per_subset, lr, basis_lr, stability, linearity, patience, refine,
+            damping: operator training (``patience`` > 0: early stopping on held-out subset members, no query LDS;
+            ``refine``: in logit mode, solve each a_k to the minimum of its objective after the Adam phase;
+            ``damping``: ridge on the a_k in that solve, relative to the mean eigenvalue of the stability
+            curvature), see :class:`~datatrace.stride.training.TrainingConfig`.
         alpha: Lasso λ as a fraction of λ_max per query, or ``"heldout"`` (chosen on held-out subsets).
         solver: ``"fista"``, ``"cd"`` or ``"omp"``.
         tie_break: order the examples the Lasso leaves at 0 by their back-projection.
@@ -76,7 +79,7 @@ class STRIDE(Attributor):
         *,
         n_subsets: int | None = None,
         degree: int | None = None,
-        rank: int = 16,
+        rank: int | None = None,
         layer: int | str | None = None,
         mode: str = "auto",
         steps: int = TrainingConfig.steps,
@@ -88,6 +91,7 @@ class STRIDE(Attributor):
         linearity: float = TrainingConfig.linearity,
         patience: int = TrainingConfig.patience,
         refine: str = TrainingConfig.refine,
+        damping: float = TrainingConfig.damping,
         alpha: float | str = DEFAULT_ALPHA,
         solver: str = "fista",
         tie_break: bool = True,
@@ -99,13 +103,13 @@ class STRIDE(Attributor):
         super().__init__(model, task, seed=seed, batch_size=batch_size, cache_dir=cache_dir, verbose=verbose)
         if len(self.models) != 1:
             raise InputError("STRIDE attributes one model; pass a single nn.Module.")
-        if rank < 1:
+        if rank is not None and rank < 1:
             raise InputError(f"rank must be ≥ 1, got {rank}.")
         self.n_subsets, self.degree, self.rank, self.layer = n_subsets, degree, rank, layer
         self.mode = check_choice("mode", mode, ("auto", *MODES))
         self.steps, self.subsets_per_step, self.examples_per_subset = steps, subsets_per_step, examples_per_subset
         self.lr, self.basis_lr, self.stability, self.linearity = lr, basis_lr, stability, linearity
-        self.patience, self.refine = patience, refine
+        self.patience, self.refine, self.damping = patience, refine, damping
         self.training_config = TrainingConfig(
             steps,
             subsets_per_step,
@@ -116,6 +120,7 @@ class STRIDE(Attributor):
             linearity,
             patience=patience,
             refine=refine,
+            damping=damping,
         )
         self.alpha, self.solver, self.tie_break = alpha, check_choice("solver", solver, SOLVERS), tie_break
         if not (alpha == "heldout" or (isinstance(alpha, (int, float)) and alpha > 0)):
@@ -146,6 +151,7 @@ class STRIDE(Attributor):
         self.layer_ = tap.name
         self.steered_ = SteeredModel(model, tap, self.mode_)
         ops = self.steered_.build(self.n_subsets_, self.rank, probe[:-1], self.seed)
+        self.rank_ = ops.rank
         self.n_train_, self.train_fingerprint_ = n, data.fingerprint()
         self.n_params_ = sum(p.numel() for p in ops.parameters())
         self.feature_dim_ = self.n_subsets_

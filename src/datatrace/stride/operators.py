@@ -32,6 +32,9 @@ from ..grads import select_parameters
 MODES = ("activation", "logit")
 #: Default activation-mode layer as a fraction of depth (released operators: layers 8/12, 10/16, 12/20, 15/24).
 DEPTH_FRACTION = 0.625
+#: Default basis rank per mode: the released operators' 16 where a_k ∈ R^{r×D} acts on a wide activation; 64 on the
+#: logits, where a_k ∈ R^{r×C} stays small and its Newton refinement gains from the rank (stride_lds.py ablation).
+DEFAULT_RANK = {"activation": 16, "logit": 64}
 
 Batch = tuple[Tensor, ...]
 PerExampleFn = Callable[[nn.Module, Batch], Tensor]
@@ -145,8 +148,10 @@ class SteeredModel:
         out_dim = features.shape[-1] if self.mode == "activation" else outputs.shape[-1]
         return features.shape[-1], out_dim, outputs
 
-    def build(self, n_operators: int, rank: int, inputs: Sequence[Tensor], seed: int) -> SteeringOperators:
+    def build(self, n_operators: int, rank: int | None, inputs: Sequence[Tensor], seed: int) -> SteeringOperators:
+        """Create the operators; ``rank=None`` = ``DEFAULT_RANK[mode]``, at most the tapped feature width."""
         in_dim, out_dim, outputs = self.dims(inputs)
+        rank = min(DEFAULT_RANK[self.mode], in_dim) if rank is None else rank
         self.operators = SteeringOperators(n_operators, in_dim, out_dim, rank, seed).to(outputs.device)
         return self.operators
 

@@ -3,19 +3,26 @@
 In logit mode operator k moves the outputs linearly in its matrix: s = o + φ·a_k with φ = B_ψ(h). With the shared
 basis fixed, the training objective of one operator,
 
-    J_k(a) = mean_{j ∈ A_k} loss_j(o_j + φ_j a) + stability · ½ aᵀ G_k a,
+    J_k(a) = mean_{j ∈ A_k} loss_j(o_j + φ_j a) + stability · ½ aᵀ G_k a + ½ ρ ‖a‖²,
 
-depends on a_k alone, is convex, and has only r·C unknowns. The stability term is the second-order expansion at
+depends on a_k alone, is convex, and has only P = r·C unknowns. The stability term is the second-order expansion at
 a = 0 of the mean divergence over all non-members of subset k: G_k = mean_{i ∉ A_k} φ_iφ_iᵀ ⊗ D_i, with D_i the
 Hessian of div(o_i, ·) at o_i (the softmax Fisher for the KL, 2I for the squared difference). The expansion is
 exact to third order in the shift, which the stability weight keeps small, and it lets every operator see *all* its
-non-members instead of a few sampled ones. The Adam phase of :func:`~datatrace.stride.training.train_operators`
-visits each operator a few dozen times with a handful of members, so it leaves the a_k far from the minimum of this
-objective; :func:`refine_operators` solves every J_k to its minimum (fidelity on all members) with damped Newton
-steps and a backtracking line search, a chunk of subsets at a time.
+non-members instead of a few sampled ones. The ridge ρ = damping · stability · trace(Ḡ)/P (Ḡ the mean of φφᵀ ⊗ D over
+the whole training set) is the damping of an influence function, relative to the mean eigenvalue of the stability
+curvature as everywhere in datatrace: it keeps each a_k to the directions the data pins down, where its effect on a
+query is close to linear in the membership (what the sparse recovery assumes).
 
-The r-dimensional null space of softmax losses (adding the same number to every logit changes nothing) makes each
-Hessian singular; a ridge of ``RIDGE`` times its mean diagonal keeps the steps out of it.
+The Adam phase of :func:`~datatrace.stride.training.train_operators` visits each operator a few dozen times with a
+handful of members, so it leaves the a_k far from the minimum of J_k; :func:`refine_operators` solves every J_k to
+its minimum with damped Newton steps and a backtracking line search, a chunk of subsets at a time. No P × P matrix is
+formed per subset: the Newton systems are solved by conjugate gradients preconditioned with one Cholesky factor of
+stability·Ḡ + ρI, which differs from each Hessian only by the members' share (a small, low-rank part), so a few
+iterations suffice; a Hessian-vector product costs O(|A_k|·P + P²).
+
+The r-dimensional null space of softmax losses (adding the same number to every logit changes nothing) makes Ḡ
+singular; a ridge of ``RIDGE`` times its mean diagonal, in every Newton system, keeps the steps out of it.
 """
 
 from __future__ import annotations
@@ -35,11 +42,13 @@ from ..task import Task
 from .design import Design
 from .operators import Outputs, SteeredModel
 
-#: Largest r·C (unknowns per operator) refined by default: each subset's Hessian is (r·C)², solved densely.
-MAX_UNKNOWNS = 1024
+#: Largest P = r·C (unknowns per operator) refined by default: the preconditioner is one dense P × P factor.
+MAX_UNKNOWNS = 4096
 #: Newton steps per chunk of subsets at most, and the stopping rule: half the Newton decrement ≤ TOL·(1 + |J_k|).
 MAX_STEPS, TOL = 30, 1e-10
-#: Ridge added to every Hessian, relative to its mean diagonal (see the module docstring).
+#: Conjugate-gradient iterations per Newton step at most, and their relative residual target.
+CG_STEPS, CG_TOL = 200, 1e-8
+#: Ridge added to every Newton system, relative to the mean diagonal of Ḡ (see the module docstring).
 RIDGE = 1e-6
 #: Subsets refined together.
 CHUNK = 64
@@ -63,6 +72,7 @@ def refine_operators(
     design: Design,
     stability: float,
     divergence: Divergence,
+    damping: float,
     batch_size: int = 256,
     verbose: bool = True,
 ) -> RefineLog:
@@ -70,11 +80,17 @@ def refine_operators(
     ops = steered.operators
     device = model_device(steered.model)
     n = design.n_train
-    total = None  # Σ_i φ_iφ_iᵀ ⊗ D_i over the whole training set
+    total = None  # Σ_i φ_iφ_iᵀ ⊗ D_i over the whole training set, (P, P)
     for lo in track(range(0, n, batch_size), "STRIDE stability curvature", verbose=verbose):
         _, phi, out = _features(steered, data, np.arange(lo, min(lo + batch_size, n)), device)
-        part = _curvature(phi, _output_hessians(lambda s, o=out: divergence(o, s), out))
+        hess = _output_hessians(lambda s, o=out: divergence(o, s), out)
+        part = _curvature(phi, hess)
         total = part if total is None else total + part
+    mean_eigenvalue = float(total.diagonal().mean()) / n
+    eye = torch.eye(len(total), dtype=total.dtype, device=device)
+    ridge = damping * stability * mean_eigenvalue
+    shift = RIDGE * mean_eigenvalue
+    preconditioner = torch.linalg.cholesky(stability * total / n + (ridge + shift) * eye)
     indptr, members = design.member_lists()
     before, after, steps = [], [], 0
     for lo in track(range(0, design.n_subsets, CHUNK), "STRIDE Newton refinement", verbose=verbose):
@@ -86,15 +102,20 @@ def refine_operators(
         weight = torch.as_tensor(slot < sizes[:, None], dtype=torch.float64, device=device)
         batch, phi, out = _features(steered, data, idx, device)
         own = _output_hessians(lambda s, o=out: divergence(o, s), out) * weight.reshape(-1, 1, 1)
-        inside = _curvature(phi.view(len(ks), width, -1), own.view(len(ks), width, *own.shape[1:]))
-        outside = (total - inside) / torch.as_tensor(n - sizes, dtype=torch.float64, device=device).clamp_min(1)[
-            :, None, None
-        ]
+        shape = (len(ks), width)
         problem = _Problem(
-            task, batch, phi.view(len(ks), width, -1), out.view(len(ks), width, -1), weight, stability * outside
+            task,
+            batch,
+            phi.view(*shape, -1),
+            out.view(*shape, -1),
+            weight,
+            total,
+            own.view(*shape, *own.shape[1:]),
+            torch.as_tensor(stability / np.maximum(n - sizes, 1), dtype=torch.float64, device=device),
+            ridge,
         )
         start = ops.matrices(torch.as_tensor(ks, device=device)).detach().double()
-        solution, j0, j1, used = _newton(problem, start)
+        solution, j0, j1, used = _newton(problem, start, preconditioner, shift)
         with torch.no_grad():
             ops.steer.weight[torch.as_tensor(ks, device=device)] = solution.reshape(len(ks), -1).to(ops.steer.weight)
         before.append(j0)
@@ -124,74 +145,111 @@ def _output_hessians(fn: Callable[[Tensor], Tensor], s: Tensor) -> Tensor:
 
 
 def _curvature(phi: Tensor, hess: Tensor) -> Tensor:
-    """Σ_e φ_eφ_eᵀ ⊗ H_e as ``(..., r·C, r·C)`` (unknowns ordered like a_k: rank-major, then output)."""
+    """Σ_e φ_eφ_eᵀ ⊗ H_e as a ``(r·C, r·C)`` matrix (unknowns ordered like a_k: rank-major, then output)."""
     r, n_out = phi.shape[-1], hess.shape[-1]
-    out = torch.einsum("...ea,...eb,...eij->...aibj", phi, phi, hess)
-    return out.reshape(*out.shape[:-4], r * n_out, r * n_out)
+    return torch.einsum("ea,eb,eij->aibj", phi, phi, hess).reshape(r * n_out, r * n_out)
+
+
+def _kron_times(phi: Tensor, hess: Tensor, v: Tensor) -> Tensor:
+    """Σ_e (φ_eφ_eᵀ ⊗ H_e) v for every subset of a chunk without forming the matrix: ``phi`` ``(c, m, r)``, ``hess``
+    ``(c, m, C, C)``, ``v`` ``(c, r, C)``; returns ``(c, r, C)``."""
+    moved = torch.einsum("cmr,cro->cmo", phi, v)
+    return torch.einsum("cmr,cmo->cro", phi, torch.einsum("cmop,cmp->cmo", hess, moved))
 
 
 @dataclass
 class _Problem:
-    """J_k for a chunk of c subsets: members padded to a common width m (weight 0), stability curvature per subset."""
+    """J_k for a chunk of c subsets: members padded to a common width m (weight 0); the stability curvature
+    stability·G_k = scale_k·(total − Σ_{members} φφᵀ ⊗ D) is applied, never formed."""
 
     task: Task
     batch: tuple
     phi: Tensor  # (c, m, r)
     out: Tensor  # (c, m, C)
     weight: Tensor  # (c, m)
-    curvature: Tensor  # (c, r·C, r·C): stability · G_k
+    total: Tensor  # (P, P): Σ over the training set of φφᵀ ⊗ D
+    own: Tensor  # (c, m, C, C): the members' D (0 for padding)
+    scale: Tensor  # (c,): stability / number of non-members
+    ridge: float
 
     def outputs(self, a: Tensor) -> Tensor:
         return self.out + torch.einsum("cmr,cro->cmo", self.phi, a)
 
-    def fidelity(self, steered: Tensor) -> Tensor:
-        c, m, n_out = steered.shape
-        losses = self.task.loss(Outputs(steered.reshape(c * m, n_out)), self.batch).view(c, m)
-        return (losses * self.weight).sum(1) / self.weight.sum(1).clamp_min(1.0)
+    def penalty_times(self, v: Tensor) -> Tensor:
+        """(stability·G_k + ρI) v for ``v`` ``(c, r, C)``."""
+        outside = (v.reshape(len(v), -1) @ self.total).view_as(v) - _kron_times(self.phi, self.own, v)
+        return self.scale[:, None, None] * outside + self.ridge * v
+
+    def member_weights(self) -> Tensor:
+        return self.weight / self.weight.sum(1, keepdim=True).clamp_min(1.0)
 
     def objective(self, a: Tensor) -> Tensor:
         """J_k(a_k) for every subset of the chunk, ``a`` is ``(c, r, C)``; returns ``(c,)``."""
-        flat = a.reshape(len(a), -1)
-        return self.fidelity(self.outputs(a)) + 0.5 * torch.einsum("cp,cpq,cq->c", flat, self.curvature, flat)
+        c, m, n_out = self.out.shape
+        losses = self.task.loss(Outputs(self.outputs(a).reshape(c * m, n_out)), self.batch).view(c, m)
+        quadratic = 0.5 * (a * self.penalty_times(a)).sum((1, 2))
+        return (losses * self.member_weights()).sum(1) + quadratic
 
-    def hessian(self, a: Tensor) -> Tensor:
-        """∇²J_k ``(c, r·C, r·C)``: the members' loss curvature (exact: outputs are linear in a) + stability."""
-        steered = self.outputs(a)
-        c, m, n_out = steered.shape
-        per_example = _output_hessians(
-            lambda s: self.task.loss(Outputs(s), self.batch), steered.reshape(c * m, n_out).detach()
-        )
-        scale = (self.weight / self.weight.sum(1, keepdim=True).clamp_min(1.0)).reshape(-1, 1, 1)
-        return _curvature(self.phi, (per_example * scale).view(c, m, n_out, n_out)) + self.curvature
+    def hessian_times(self, a: Tensor, shift: float) -> Callable[[Tensor], Tensor]:
+        """v ↦ (∇²J_k(a) + shift·I) v: the members' loss curvature (exact: outputs are linear in a) + the penalty."""
+        c, m, n_out = self.out.shape
+        steered = self.outputs(a).reshape(c * m, n_out).detach()
+        loss_hessians = _output_hessians(lambda s: self.task.loss(Outputs(s), self.batch), steered)
+        loss_hessians = loss_hessians.view(c, m, n_out, n_out) * self.member_weights()[:, :, None, None]
+        return lambda v: _kron_times(self.phi, loss_hessians, v) + self.penalty_times(v) + shift * v
 
 
-def _newton(problem: _Problem, a: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
+def _newton(problem: _Problem, a: Tensor, preconditioner: Tensor, shift: float) -> tuple[Tensor, Tensor, Tensor, int]:
     """Damped Newton on every J_k of the chunk from ``a``; returns ``(a*, J(a), J(a*), steps)``."""
-    c, r, n_out = a.shape
-    unknowns = r * n_out
-    eye = torch.eye(unknowns, dtype=a.dtype, device=a.device)
     grad_fn = torch.func.grad(lambda x: problem.objective(x).sum())  # J_k independent: each row is its own ∇J_k
     with torch.no_grad():
         value = problem.objective(a)
     first = value.clone()
-    converged = torch.zeros(c, dtype=torch.bool, device=a.device)
+    converged = torch.zeros(len(a), dtype=torch.bool, device=a.device)
     for step in range(1, MAX_STEPS + 1):
-        g = grad_fn(a).reshape(c, unknowns)
-        hessian = problem.hessian(a)
-        hessian = hessian + RIDGE * hessian.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)[:, None, None] * eye
-        direction = torch.cholesky_solve(g.unsqueeze(-1), torch.linalg.cholesky(hessian)).squeeze(-1)
-        decrement = (g * direction).sum(1)  # ≥ 0
+        g = grad_fn(a)
+        with torch.no_grad():
+            direction = _conjugate_gradients(problem.hessian_times(a, shift), g, preconditioner)
+        decrement = (g * direction).sum((1, 2))  # ≥ 0
         converged |= decrement / 2 <= TOL * (1 + value.abs())
         if converged.all():
             return a, first, value, step - 1
-        a, value = _line_search(problem, a, value, direction.view(c, r, n_out), decrement, ~converged)
+        a, value = _line_search(problem, a, value, direction, decrement, ~converged)
     warnings.warn(
-        f"STRIDE Newton refinement: {int((~converged).sum())} of {c} operators not converged after {MAX_STEPS} "
-        "steps; they keep their last iterate.",
+        f"STRIDE Newton refinement: {int((~converged).sum())} of {len(a)} operators not converged after "
+        f"{MAX_STEPS} steps; they keep their last iterate.",
         DatatraceWarning,
         stacklevel=4,
     )
     return a, first, value, MAX_STEPS
+
+
+def _conjugate_gradients(matvec: Callable[[Tensor], Tensor], b: Tensor, factor: Tensor) -> Tensor:
+    """Solve ``matvec(x) = b`` for every subset (rows of ``b``, ``(c, r, C)``) by conjugate gradients preconditioned
+    with the Cholesky ``factor`` of a shared approximation of the matrix; stops at relative residual ``CG_TOL``."""
+    shape = b.shape
+
+    def precondition(r: Tensor) -> Tensor:
+        return torch.cholesky_solve(r.reshape(len(r), -1).T, factor).T.reshape(shape)
+
+    x = torch.zeros_like(b)
+    residual = b.clone()
+    z = precondition(residual)
+    p = z.clone()
+    rz = (residual * z).sum((1, 2))
+    target = CG_TOL * b.flatten(1).norm(dim=1)
+    for _ in range(CG_STEPS):
+        if bool((residual.flatten(1).norm(dim=1) <= target).all()):
+            break
+        hp = matvec(p)
+        step = rz / (p * hp).sum((1, 2)).clamp_min(torch.finfo(b.dtype).tiny)
+        x = x + step[:, None, None] * p
+        residual = residual - step[:, None, None] * hp
+        z = precondition(residual)
+        rz_next = (residual * z).sum((1, 2))
+        p = z + (rz_next / rz.clamp_min(torch.finfo(b.dtype).tiny))[:, None, None] * p
+        rz = rz_next
+    return x
 
 
 def _line_search(problem: _Problem, a, value, direction, decrement, active, halvings: int = 30):

@@ -66,6 +66,9 @@ class TrainingConfig:
             all non-members) after the Adam phase, basis fixed (logit mode only; :mod:`~datatrace.stride.refine`);
             ``"none"`` keeps the Adam iterate; ``"auto"`` = newton in logit mode when r·C ≤
             :data:`~datatrace.stride.refine.MAX_UNKNOWNS` and the linearity loss (which couples the operators) is off.
+        damping: ridge ½ρ‖a_k‖² added to each operator's objective in the refinement, ρ = damping · stability ·
+            (mean eigenvalue of the stability curvature), the relative damping of an influence function; unused
+            without refinement.
     """
 
     steps: int = 300
@@ -80,9 +83,12 @@ class TrainingConfig:
     patience: int = 0
     validate_every: int = 25
     refine: str = "auto"
+    damping: float = 1.0
 
     def __post_init__(self):
         check_choice("refine", self.refine, REFINE)
+        if self.damping < 0:
+            raise InputError(f"damping must be ≥ 0, got {self.damping}.")
         for name in ("steps", "subsets_per_step", "examples_per_subset", "probes", "validate_every"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be ≥ 1, got {getattr(self, name)}.")
@@ -199,7 +205,9 @@ def train_operators(
             ops.basis.copy_(best_state[0])
             ops.steer.weight.copy_(best_state[1])
     if refine:
-        log.refine = refine_operators(steered, task, data, design, config.stability, divergence, verbose=verbose)
+        log.refine = refine_operators(
+            steered, task, data, design, config.stability, divergence, config.damping, verbose=verbose
+        )
     return log
 
 
