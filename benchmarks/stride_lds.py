@@ -2,7 +2,7 @@
 fit time against n.
 
     OMP_NUM_THREADS=1 python benchmarks/stride_lds.py [--bench digits-mlp] [--parts compare,ablation,fidelity,fit_n]
-        [--ablations "steps 1000;rank=64"] [--json out.json]
+        [--ablations "steps 1000;rank=16"] [--json out.json]
 
 - ``compare``: every method at its defaults on the benchmark's model (seed 0) and ground truth (64 random halves
   × 2 seeds): LDS (Spearman, mean over the 100 queries, 95% bootstrap CI) and wall time of ``fit`` + ``score``.
@@ -13,6 +13,10 @@ fit time against n.
   model is fine-tuned 30 full-batch Adam steps (lr 1e-3) on (mean training loss + mean loss on subset k), and,
   as control, on the mean training loss alone; the measured effect on query x is loss_control(x) − loss_k(x).
   Reported: Spearman between y_{x,k} and that effect over all (x, k) pairs, and over k of the per-subset mean.
+- ``ceiling``: how far sparse recovery and logit-mode operators can go. TRAK's scores τ (all parameters; the last
+  layer only, the parameters a logit-mode operator perturbs; the first layer only) are turned into exact responses
+  y = Mτ on STRIDE's default design and recovered by the same Lasso (alpha 0.1 and "heldout"): LDS of τ, and of the
+  recovery.
 - ``fit_n``: STRIDE fit time for n = 250, 500, 1000 training examples (K = 1000 fixed, 300 steps): the cost of a
   step depends on neither n nor K.
 """
@@ -32,9 +36,9 @@ from scipy.stats import spearmanr
 import datatrace as dt
 from datatrace.benchmarks import get
 from datatrace.benchmarks.recipes import l2_penalty
-from datatrace.stride import backproject
+from datatrace.stride import auto_size, backproject, design, recover
 
-PARTS = ("compare", "ablation", "fidelity", "fit_n")
+PARTS = ("compare", "ablation", "ceiling", "fidelity", "fit_n")
 
 
 def timed(make, train, query):
@@ -60,7 +64,7 @@ def compare(bench, model, train, query, gt, out):
 
 
 ABLATIONS = {
-    "default (K=1000, d=10, r=16, logit, stab 10, lin 0, alpha 0.1)": {},
+    "default (K=1000, d=10, r=64, logit, stab 10, lin 0, Newton, damping 1, alpha 0.1)": {},
     "K=250": {"n_subsets": 250},
     "K=500": {"n_subsets": 500},
     "K=2000": {"n_subsets": 2000},
@@ -68,12 +72,19 @@ ABLATIONS = {
     "d=5": {"degree": 5},
     "d=20": {"degree": 20},
     "rank=4": {"rank": 4},
-    "rank=64": {"rank": 64},
+    "rank=16": {"rank": 16},
+    "rank=32": {"rank": 32},
     "activation mode, layer 0 (first Linear)": {"mode": "activation", "layer": 0},
     "activation mode, layer 1 (hidden ReLU)": {"mode": "activation", "layer": 1},
     "stability off": {"stability": 0.0},
     "stability 1": {"stability": 1.0},
+    "stability 30": {"stability": 30.0},
     "linearity 1": {"linearity": 1.0},
+    "no Newton refinement (Adam iterate)": {"refine": "none"},
+    "no Newton refinement, rank=16": {"refine": "none", "rank": 16},
+    "damping 0": {"damping": 0.0},
+    "damping 0.3": {"damping": 0.3},
+    "damping 3": {"damping": 3.0},
     "steps 1000": {"steps": 1000},
     "steps 1000, early stopping (patience 4)": {"steps": 1000, "patience": 4},
     "alpha 0.03": {"alpha": 0.03},
@@ -105,6 +116,24 @@ def ablation(bench, model, train, query, gt, out, names=None):
             res = dt.eval.lds(bp, gt)
             out.append({"part": "ablation", "setting": "back-projection Mᵀy/d", "lds": res.mean, "ci": list(res.ci)})
             print(f"{'back-projection Mᵀy/d (same operators)':62s} {res}", flush=True)
+
+
+def ceiling(bench, model, train, query, gt, out):
+    membership = design(len(train), *auto_size(len(train)), seed=0)
+    first_layer = [name for name, _ in model.named_parameters() if name.startswith(next(model.named_children())[0])]
+    for label, params in (("all", "all"), ("last layer", "last"), ("first layer", first_layer)):
+        tau = dt.TRAK(model, bench.task, params=params, verbose=False).fit(train).score(query).values
+        row = {"part": "ceiling", "params": label, "lds": dt.eval.lds(tau, gt).mean}
+        Y = membership.to_scipy() @ tau.T.astype(np.float64)
+        for alpha in (0.1, "heldout"):
+            W = recover(membership, Y, alpha=alpha, verbose=False).toarray().T
+            row[f"lds_recovered_alpha_{alpha}"] = dt.eval.lds(W, gt).mean
+        out.append(row)
+        print(
+            f"TRAK ({label} parameters): LDS {row['lds']:.3f}; through M and the Lasso: alpha 0.1 "
+            f"{row['lds_recovered_alpha_0.1']:.3f}, heldout {row['lds_recovered_alpha_heldout']:.3f}",
+            flush=True,
+        )
 
 
 def fine_tuned(model, x, y, weight_idx, steps=30, lr=1e-3, l2=1e-3):
@@ -163,10 +192,12 @@ def main() -> None:
     bench = get(args.bench)
     train, query = bench.data()
     model = bench.model()
-    gt = bench.ground_truth(workers=1) if {"compare", "ablation"} & set(parts) else None
+    gt = bench.ground_truth(workers=1) if {"compare", "ablation", "ceiling"} & set(parts) else None
     out: list[dict] = []
     if "compare" in parts:
         compare(bench, model, train, query, gt, out)
+    if "ceiling" in parts:
+        ceiling(bench, model, train, query, gt, out)
     if "fidelity" in parts:
         fidelity(bench, model, train, query, out)
     if "fit_n" in parts:

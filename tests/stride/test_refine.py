@@ -119,6 +119,12 @@ def test_refine_choices(refined):
         dt.STRIDE(model, TASK, refine="newton", linearity=1.0, n_subsets=20, degree=2, steps=2, verbose=False).fit(
             (x, y)
         )
+    with pytest.raises(dt.InputError, match="stability > 0"):
+        dt.STRIDE(model, TASK, refine="newton", stability=0.0, n_subsets=20, degree=2, steps=2, verbose=False).fit(
+            (x, y)
+        )
+    unstable = dt.STRIDE(model, TASK, stability=0.0, n_subsets=20, degree=2, steps=2, verbose=False)
+    assert unstable.fit((x, y)).training_log_.refine is None  # auto: nothing bounds the operators
     with pytest.raises(dt.InputError, match="logit mode"):
         dt.STRIDE(model, TASK, refine="newton", mode="activation", layer=0, n_subsets=20, degree=2, steps=2).fit((x, y))
     plain = dt.STRIDE(model, TASK, refine="none", n_subsets=20, degree=2, steps=2, verbose=False).fit((x, y))

@@ -65,7 +65,8 @@ class TrainingConfig:
         refine: ``"newton"`` solves each a_k to the minimum of fidelity (all members) + stability (second order,
             all non-members) after the Adam phase, basis fixed (logit mode only; :mod:`~datatrace.stride.refine`);
             ``"none"`` keeps the Adam iterate; ``"auto"`` = newton in logit mode when r·C ≤
-            :data:`~datatrace.stride.refine.MAX_UNKNOWNS` and the linearity loss (which couples the operators) is off.
+            :data:`~datatrace.stride.refine.MAX_UNKNOWNS`, the stability weight is > 0 and the linearity loss (which
+            couples the operators) is off.
         damping: ridge ½ρ‖a_k‖² added to each operator's objective in the refinement, ρ = damping · stability ·
             (mean eigenvalue of the stability curvature), the relative damping of an influence function; unused
             without refinement.
@@ -112,9 +113,15 @@ class TrainingConfig:
             return False
         ops = steered.operators
         if self.refine == "auto":
-            return steered.mode == "logit" and ops.rank * ops.out_dim <= MAX_UNKNOWNS and self.linearity == 0
+            small = ops.rank * ops.out_dim <= MAX_UNKNOWNS
+            return steered.mode == "logit" and small and self.linearity == 0 and self.stability > 0
         if steered.mode != "logit":
             raise InputError("refine='newton' needs logit mode (in activation mode a_k is not linear in the outputs).")
+        if self.stability == 0:
+            raise InputError(
+                "refine='newton' needs stability > 0: without it (and its damping) nothing bounds an operator that "
+                "fits its members, and the minimum it solves for may not exist."
+            )
         if self.linearity > 0:
             raise InputError(
                 "refine='newton' solves each operator alone and would drop the linearity loss, which "
