@@ -45,7 +45,7 @@ REFINE = ("auto", "newton", "none")
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Operator-training hyperparameters (defaults: stride-spec.md §9, re-checked in benchmarks/stride_ablation.py).
+    """Operator-training hyperparameters (defaults: stride-spec.md §9, re-checked in benchmarks/stride_lds.py).
 
     Attributes:
         steps: optimiser steps.
