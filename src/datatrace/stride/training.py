@@ -88,7 +88,7 @@ class TrainingConfig:
 
     def __post_init__(self):
         check_choice("refine", self.refine, REFINE)
-        if self.damping < 0:
+        if not self.damping >= 0:
             raise InputError(f"damping must be ≥ 0, got {self.damping}.")
         for name in ("steps", "subsets_per_step", "examples_per_subset", "probes", "validate_every"):
             if getattr(self, name) < 1:
