@@ -17,7 +17,6 @@ parameters are handed to the optimiser and to autograd.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -92,14 +91,18 @@ class SteeringOperators(nn.Module):
     """K operators z ↦ B_ψ(z)·a_k with a shared basis W_ψ ∈ R^{in_dim × r} and a_k ∈ R^{r × out_dim}.
 
     The a_k are the rows of a sparse ``nn.Embedding`` (zero-initialised), so an optimiser step only touches the
-    operators of the subsets in the batch. The basis is a seeded Gaussian with variance 1/in_dim.
+    operators of the subsets in the batch. The basis starts as a seeded random matrix with orthonormal columns (rows
+    when r > in_dim), so that a ridge on a_k (the refinement's damping) penalises the size of the shift it makes
+    equally in every direction of the basis' span.
     """
 
     def __init__(self, n_operators: int, in_dim: int, out_dim: int, rank: int, seed: int = 0):
         super().__init__()
         self.n_operators, self.in_dim, self.out_dim, self.rank = n_operators, in_dim, out_dim, rank
         gen = torch.Generator().manual_seed(derive_seed(seed, "stride-basis") % 2**62)
-        self.basis = nn.Parameter(torch.randn(in_dim, rank, generator=gen) / math.sqrt(in_dim))
+        gaussian = torch.randn(max(in_dim, rank), min(in_dim, rank), generator=gen)
+        orthonormal = torch.linalg.qr(gaussian)[0]
+        self.basis = nn.Parameter(orthonormal if in_dim >= rank else orthonormal.T)
         self.steer = nn.Embedding(n_operators, rank * out_dim, sparse=True)
         nn.init.zeros_(self.steer.weight)
 
