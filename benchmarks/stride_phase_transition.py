@@ -31,7 +31,7 @@ def success_rate(n: int, k: int, K: int, trials: int, seed: int) -> float:
     Y = m.to_scipy() @ W + 0.01 * rng.standard_normal((K, trials))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        got = recover(m, Y, verbose=False).toarray()
+        got = recover(m, Y, solver="fista", verbose=False).toarray()
     hit = ((got != 0) & (W != 0)).sum(0)
     precision = hit / np.maximum((got != 0).sum(0), 1)
     recall = hit / k

@@ -35,6 +35,15 @@ def test_planted_sparse_influence_is_recovered_with_k_log_n_over_k_subsets(solve
     assert np.sign(got[W != 0]).tolist() == np.sign(W[W != 0]).tolist()
 
 
+def test_auto_solver_is_coordinate_descent_on_cpu_until_its_dense_coefficients_get_large(monkeypatch):
+    m, Y, _ = planted(seed=2)
+    _, info = recover(m, Y, alpha=0.1, verbose=False, return_info=True)
+    assert info.solver == "cd"
+    monkeypatch.setattr("datatrace.stride.recovery.AUTO_CD_BYTES", 8 * m.n_train * Y.shape[1] - 1)
+    _, info = recover(m, Y, alpha=0.1, verbose=False, return_info=True)
+    assert info.solver == "fista"
+
+
 def test_fista_cd_and_omp_agree():
     m, Y, _ = planted(seed=1)
     fista, info = recover(m, Y, solver="fista", alpha=0.05, tol=1e-7, max_iter=20000, verbose=False, return_info=True)

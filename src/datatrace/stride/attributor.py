@@ -60,7 +60,8 @@ class STRIDE(Attributor):
             ``damping``: ridge on the a_k in that solve, relative to the mean eigenvalue of the stability
             curvature), see :class:`~datatrace.stride.training.TrainingConfig`.
         alpha: Lasso λ as a fraction of λ_max per query, or ``"heldout"`` (chosen on held-out subsets).
-        solver: ``"fista"``, ``"cd"`` or ``"omp"``.
+        solver: ``"auto"`` (coordinate descent on the CPU at moderate n·Q, else FISTA), ``"fista"``, ``"cd"`` or
+            ``"omp"``; see :mod:`~datatrace.stride.recovery`.
         tie_break: order the examples the Lasso leaves at 0 by their back-projection.
         seed: seeds the design, the basis, the training draws and the recovery.
         batch_size: queries per measurement batch.
@@ -93,7 +94,7 @@ class STRIDE(Attributor):
         refine: str = TrainingConfig.refine,
         damping: float = TrainingConfig.damping,
         alpha: float | str = DEFAULT_ALPHA,
-        solver: str = "fista",
+        solver: str = "auto",
         tie_break: bool = True,
         seed: int = 0,
         batch_size: int = 64,
