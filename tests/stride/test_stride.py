@@ -274,11 +274,11 @@ def test_non_finite_query_is_refused(classifier):
 @pytest.mark.slow
 def test_lds_floor_on_digits_mlp():
     """STRIDE at its defaults (K=1000, d=10, logit mode rank 64, 300 Adam steps + Newton refinement with damping 1,
-    λ = 0.1·λ_max) on digits-mlp, seed 0, against 16 retrained random halves × 2 seeds. Measured LDS 0.562
-    [0.519, 0.604]; against the benchmark's full 64-subset ground truth 0.596 [0.565, 0.626] (TRAK 0.663, LoGra 0.658,
+    λ = 0.1·λ_max) on digits-mlp, seed 0, against 16 retrained random halves × 2 seeds. Measured LDS 0.579
+    [0.540, 0.615]; against the benchmark's full 64-subset ground truth 0.605 [0.578, 0.631] (TRAK 0.663, LoGra 0.658,
     Grad-Dot 0.262: benchmarks/stride_lds.py). Before the refinement (Adam iterate, rank 16) it was 0.386 here."""
     bench = get("digits-mlp")
     gt = bench.ground_truth(workers=2, n_subsets=16, verbose=False)
     train, query = bench.data()
     res = dt.eval.lds(dt.STRIDE(bench.model(), bench.task, verbose=False).fit(train).score(query), gt)
-    assert res.mean >= 0.50, str(res)
+    assert res.mean >= 0.52, str(res)
