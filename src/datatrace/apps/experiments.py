@@ -40,13 +40,13 @@ import torch
 import yaml
 from scipy import stats
 
-from .._utils import derive_seed
+from .._utils import derive_seed, model_device
 from ..benchmarks import Benchmark, MethodContext, get
 from ..benchmarks.methods import parse_methods
-from ..data import Data
+from ..data import Data, to_device
 from ..errors import InputError, check_choice
 from ..lm.corpus import Corpus, corpus
-from ..lm.task import CausalLMTask, logits_of
+from ..lm.task import CausalLMTask, token_hits, token_mean
 from ..scores import Scores
 from .cleaning import accuracy
 from .contamination import (
@@ -290,10 +290,8 @@ def next_token_accuracy(model: torch.nn.Module, data: Data, batch_size: int = 25
     share of loss tokens predicted exactly, averaged over documents (as the loss is)."""
     total = 0.0
     with torch.no_grad():
-        for _, (input_ids, loss_mask) in data.batches(batch_size):
-            hit = (logits_of(model, input_ids)[:, :-1].argmax(dim=-1) == input_ids[:, 1:]).float()
-            weights = loss_mask[:, 1:].float()
-            total += float(((hit * weights).sum(dim=1) / weights.sum(dim=1)).sum())
+        for _, batch in data.batches(batch_size):
+            total += float(token_mean(*token_hits(model, to_device(batch, model_device(model)))).sum())
     return total / len(data)
 
 

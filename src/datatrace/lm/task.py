@@ -70,6 +70,19 @@ def token_nll(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
     return nll.view(targets.shape), weights
 
 
+def token_hits(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
+    """Whether the arg-max prediction of each of tokens 1…T−1 is right (1.0 / 0.0) and the tokens' weights, both
+    ``(B, T−1)``: the accuracy counterpart of :func:`token_nll`."""
+    input_ids, weights = _check_batch(model, batch)
+    hits = logits_of(model, batch[0])[:, :-1].argmax(dim=-1) == input_ids[:, 1:]
+    return hits.to(weights.dtype), weights
+
+
+def token_mean(values: Tensor, weights: Tensor) -> Tensor:
+    """Per-example weighted mean ``Σ_t ω_t v_t / Σ_t ω_t`` of per-token values, ``(B, T−1)`` → ``(B,)``."""
+    return (values * weights).sum(dim=1) / _normalised(weights)
+
+
 class CausalLMTask(Task):
     """Next-token prediction: per-example loss = token-weighted mean NLL over the loss tokens (see module docs).
 
@@ -82,8 +95,7 @@ class CausalLMTask(Task):
     fisher_samples = 1
 
     def loss(self, model: nn.Module, batch: Batch) -> Tensor:
-        nll, weights = token_nll(model, batch)
-        return (nll * weights).sum(dim=1) / _normalised(weights)
+        return token_mean(*token_nll(model, batch))
 
     def sampled_output_hessian_factors(self, logits: Tensor, batch: Batch) -> Tensor:
         """``(B, T·V, C)`` random factors of the loss Hessian w.r.t. the logits, for KFAC / EK-FAC (and LoGra).
