@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -275,33 +275,65 @@ def conjugate_gradient(
     Raises:
         InputError: if H + λI has non-positive curvature along a search direction (not positive definite).
     """
+    return conjugate_gradient_rows(
+        lambda p, rows: op.matvec(p) + damping * p,
+        rhs,
+        tol,
+        max_iter,
+        lambda curvature: (
+            f"H + λI is not positive definite (curvature {curvature:.3g} along a CG direction, "
+            f"λ={damping:.3g}); use hessian='gn' or a larger damping."
+        ),
+        verbose=op.verbose,
+    )
+
+
+def conjugate_gradient_rows(
+    matvec: Callable[[Tensor, Tensor], Tensor],
+    rhs: Tensor,
+    tol: float,
+    max_iter: int,
+    indefinite: Callable[[float], str],
+    precondition: Callable[[Tensor], Tensor] | None = None,
+    verbose: bool = False,
+) -> tuple[Tensor, SolveInfo]:
+    """Solve A_j x_j = b_j for every row b_j of ``rhs`` ``(N, D)`` by (preconditioned) conjugate gradient, all rows
+    at once; each row may have its own positive definite A_j.
+
+    ``matvec(p, rows)`` returns A_j p_j for the search directions ``p`` ``(len(rows), D)`` of the rows ``rows``
+    (indices into ``rhs``); ``precondition`` applies an approximation of A_j⁻¹ to such rows (none: identity). Each row
+    stops when its relative residual ‖r‖/‖b‖ ≤ ``tol``; only unconverged rows are multiplied.
+
+    Raises:
+        InputError: with message ``indefinite(curvature)`` if some A_j has non-positive curvature along a search
+            direction (not positive definite).
+    """
     b = rhs.double()
     x = torch.zeros_like(b)
     r = b.clone()
-    p = r.clone()
+    z = r if precondition is None else precondition(r)
+    p = z.clone()
     b_norm = b.norm(dim=1).clamp_min(1e-300)
-    rs = (r * r).sum(1)
-    active = (rs.sqrt() / b_norm > tol).nonzero().squeeze(1)
+    rz = (r * z).sum(1)
+    active = (r.norm(dim=1) / b_norm > tol).nonzero().squeeze(1)
     it = 0
-    for _ in track(range(max_iter), "conjugate gradient", max_iter, op.verbose):
+    for _ in track(range(max_iter), "conjugate gradient", max_iter, verbose):
         if not len(active):
             break
         it += 1
-        hp = op.matvec(p[active]) + damping * p[active]
+        hp = matvec(p[active], active)
         curvature = (p[active] * hp).sum(1)
         if (curvature <= 0).any():
-            raise InputError(
-                f"H + λI is not positive definite (curvature {float(curvature.min()):.3g} along a CG direction, "
-                f"λ={damping:.3g}); use hessian='gn' or a larger damping."
-            )
-        alpha = rs[active] / curvature
+            raise InputError(indefinite(float(curvature.min())))
+        alpha = rz[active] / curvature
         x[active] += alpha[:, None] * p[active]
         r[active] -= alpha[:, None] * hp
-        rs_new = (r[active] ** 2).sum(1)
-        p[active] = r[active] + (rs_new / rs[active])[:, None] * p[active]
-        rs[active] = rs_new
-        active = active[rs_new.sqrt() / b_norm[active] > tol]
-    residual = float((rs.sqrt() / b_norm).max())
+        z = r[active] if precondition is None else precondition(r[active])
+        rz_new = (r[active] * z).sum(1)
+        p[active] = z + (rz_new / rz[active])[:, None] * p[active]
+        rz[active] = rz_new
+        active = active[r[active].norm(dim=1) / b_norm[active] > tol]
+    residual = float((r.norm(dim=1) / b_norm).max())
     return x, SolveInfo(it, residual, residual <= tol)
 
 

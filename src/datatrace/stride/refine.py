@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from .._utils import model_device, track
+from ..attributors.hessian import conjugate_gradient_rows
 from ..data import Data, to_device
 from ..errors import DatatraceWarning
 from ..task import Task
@@ -175,10 +176,10 @@ class _Problem:
     def outputs(self, a: Tensor) -> Tensor:
         return self.out + torch.einsum("cmr,cro->cmo", self.phi, a)
 
-    def penalty_times(self, v: Tensor) -> Tensor:
-        """(stability·G_k + ρI) v for ``v`` ``(c, r, C)``."""
-        outside = (v.reshape(len(v), -1) @ self.total).view_as(v) - _kron_times(self.phi, self.own, v)
-        return self.scale[:, None, None] * outside + self.ridge * v
+    def penalty_times(self, v: Tensor, rows: Tensor | slice = slice(None)) -> Tensor:
+        """(stability·G_k + ρI) v for ``v`` ``(len(rows), r, C)``, one v per subset of ``rows`` (default: all)."""
+        outside = (v.reshape(len(v), -1) @ self.total).view_as(v) - _kron_times(self.phi[rows], self.own[rows], v)
+        return self.scale[rows][:, None, None] * outside + self.ridge * v
 
     def member_weights(self) -> Tensor:
         return self.weight / self.weight.sum(1, keepdim=True).clamp_min(1.0)
@@ -190,13 +191,16 @@ class _Problem:
         quadratic = 0.5 * (a * self.penalty_times(a)).sum((1, 2))
         return (losses * self.member_weights()).sum(1) + quadratic
 
-    def hessian_times(self, a: Tensor, shift: float) -> Callable[[Tensor], Tensor]:
-        """v ↦ (∇²J_k(a) + shift·I) v: the members' loss curvature (exact: outputs are linear in a) + the penalty."""
+    def hessian_times(self, a: Tensor, shift: float) -> Callable[[Tensor, Tensor], Tensor]:
+        """``(v, rows)`` ↦ (∇²J_k(a) + shift·I) v for the subsets ``rows``, ``v`` ``(len(rows), r, C)``: the members'
+        loss curvature (exact: outputs are linear in a) + the penalty."""
         c, m, n_out = self.out.shape
         steered = self.outputs(a).reshape(c * m, n_out).detach()
         loss_hessians = _output_hessians(lambda s: self.task.loss(Outputs(s), self.batch), steered)
         loss_hessians = loss_hessians.view(c, m, n_out, n_out) * self.member_weights()[:, :, None, None]
-        return lambda v: _kron_times(self.phi, loss_hessians, v) + self.penalty_times(v) + shift * v
+        return lambda v, rows: (
+            _kron_times(self.phi[rows], loss_hessians[rows], v) + self.penalty_times(v, rows) + shift * v
+        )
 
 
 def _newton(problem: _Problem, a: Tensor, preconditioner: Tensor, shift: float) -> tuple[Tensor, Tensor, Tensor, int]:
@@ -209,7 +213,7 @@ def _newton(problem: _Problem, a: Tensor, preconditioner: Tensor, shift: float) 
     for step in range(1, MAX_STEPS + 1):
         g = grad_fn(a)
         with torch.no_grad():
-            direction = _conjugate_gradients(problem.hessian_times(a, shift), g, preconditioner)
+            direction = _newton_direction(problem.hessian_times(a, shift), g, preconditioner)
         decrement = (g * direction).sum((1, 2))  # ≥ 0
         converged |= decrement / 2 <= TOL * (1 + value.abs())
         if converged.all():
@@ -224,32 +228,19 @@ def _newton(problem: _Problem, a: Tensor, preconditioner: Tensor, shift: float) 
     return a, first, value, MAX_STEPS
 
 
-def _conjugate_gradients(matvec: Callable[[Tensor], Tensor], b: Tensor, factor: Tensor) -> Tensor:
-    """Solve ``matvec(x) = b`` for every subset (rows of ``b``, ``(c, r, C)``) by conjugate gradients preconditioned
-    with the Cholesky ``factor`` of a shared approximation of the matrix; stops at relative residual ``CG_TOL``."""
-    shape = b.shape
-
-    def precondition(r: Tensor) -> Tensor:
-        return torch.cholesky_solve(r.reshape(len(r), -1).T, factor).T.reshape(shape)
-
-    x = torch.zeros_like(b)
-    residual = b.clone()
-    z = precondition(residual)
-    p = z.clone()
-    rz = (residual * z).sum((1, 2))
-    target = CG_TOL * b.flatten(1).norm(dim=1)
-    for _ in range(CG_STEPS):
-        if bool((residual.flatten(1).norm(dim=1) <= target).all()):
-            break
-        hp = matvec(p)
-        step = rz / (p * hp).sum((1, 2)).clamp_min(torch.finfo(b.dtype).tiny)
-        x = x + step[:, None, None] * p
-        residual = residual - step[:, None, None] * hp
-        z = precondition(residual)
-        rz_next = (residual * z).sum((1, 2))
-        p = z + (rz_next / rz.clamp_min(torch.finfo(b.dtype).tiny))[:, None, None] * p
-        rz = rz_next
-    return x
+def _newton_direction(hessian_times: Callable[[Tensor, Tensor], Tensor], g: Tensor, factor: Tensor) -> Tensor:
+    """(∇²J_k)⁻¹ ∇J_k for every subset (``g`` is ``(c, r, C)``) by conjugate gradients preconditioned with the
+    Cholesky ``factor`` of a shared approximation of the Hessians, to relative residual ``CG_TOL``."""
+    shape = g.shape[1:]
+    direction, _ = conjugate_gradient_rows(
+        lambda p, rows: hessian_times(p.view(-1, *shape), rows).flatten(1),
+        g.flatten(1),
+        CG_TOL,
+        CG_STEPS,
+        lambda curvature: f"STRIDE Newton refinement: a Hessian has curvature {curvature:.3g}; it must be positive.",
+        precondition=lambda r: torch.cholesky_solve(r.T, factor).T,
+    )
+    return direction.view_as(g)
 
 
 def _line_search(problem: _Problem, a, value, direction, decrement, active, halvings: int = 30):
