@@ -124,7 +124,8 @@ def ablation(bench, model, train, query, gt, out, names=None):
 
 def ceiling(bench, model, train, query, gt, out):
     membership = design(len(train), *auto_size(len(train)), seed=0)
-    first_layer = [name for name, _ in model.named_parameters() if name.startswith(next(model.named_children())[0])]
+    first = next(model.named_children())[0] + "."
+    first_layer = [name for name, _ in model.named_parameters() if name.startswith(first)]
     for label, params in (("all", "all"), ("last layer", "last"), ("first layer", first_layer)):
         tau = dt.TRAK(model, bench.task, params=params, verbose=False).fit(train).score(query).values
         row = {"part": "ceiling", "params": label, "lds": dt.eval.lds(tau, gt).mean}
